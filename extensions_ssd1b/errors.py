@@ -1,0 +1,34 @@
+"""Typed errors with messages a user can act on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class Ssd1bError(Exception):
+    """Base class: every expected failure of the extension is one of these."""
+
+
+class CheckpointError(Ssd1bError):
+    """A file cannot be read as a checkpoint; the message names the file and the reason."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class LayoutError(Ssd1bError):
+    """The UNet keys do not describe a consistent SDXL-family UNet."""
+
+    def __init__(self, problems: Iterable[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+class NotSdxlFamily(Ssd1bError):
+    """A readable file that is not an SDXL-family UNet checkpoint (SD1.5, a LoRA, a VAE …)."""
+
+    def __init__(self, kind: str, detail: str = "") -> None:
+        self.kind = kind
+        super().__init__(f"not an SDXL-family checkpoint: {kind}" + (f" ({detail})" if detail else ""))
