@@ -27,6 +27,13 @@ VAE_PREFIX = "first_stage_model."
 VAE_REQUIRED = ("decoder.conv_in.weight", "post_quant_conv.weight", "decoder.conv_out.weight")
 
 
+# Kinds of file that are whole models of another architecture: the host's business, not ours.
+SD_UNET_KIND = "an SD 1.x/2.x-style UNet"
+DIFFUSERS_NON_SDXL_KIND = "diffusers UNet without SDXL's text-time embedding"
+UNKNOWN_MODEL_KIND = "an unknown model"
+OTHER_MODEL_KINDS = frozenset({SD_UNET_KIND, DIFFUSERS_NON_SDXL_KIND, UNKNOWN_MODEL_KIND})
+
+
 class Form(str, Enum):
     """Where and how the UNet is stored in the file."""
 
@@ -44,7 +51,7 @@ class Components:
 
     def present(self) -> list[str]:
         names = ("UNet", "CLIP-L", "OpenCLIP-bigG", "VAE")
-        return [name for name, has in zip(names, (self.unet, self.clip_l, self.clip_g, self.vae)) if has]
+        return [name for name, has in zip(names, (self.unet, self.clip_l, self.clip_g, self.vae), strict=True) if has]
 
 
 @dataclass(frozen=True)
@@ -116,14 +123,14 @@ def _locate_unet(shapes: ShapeMap) -> tuple[Form, str]:
     elif "conv_in.weight" in shapes or "unet.conv_in.weight" in shapes:
         prefix = "unet." if "unet.conv_in.weight" in shapes else ""
         if f"{prefix}add_embedding.linear_1.weight" not in shapes:
-            raise NotSdxlFamily("diffusers UNet without SDXL's text-time embedding", "SD 1.x/2.x?")
+            raise NotSdxlFamily(DIFFUSERS_NON_SDXL_KIND, "SD 1.x/2.x?")
         return Form.DIFFUSERS_UNET, prefix
     else:
         raise NotSdxlFamily(*classify_non_unet(shapes))
     if f"{prefix}label_emb.0.0.weight" not in shapes:
         context = _first_context_dim(shapes, prefix)
         detail = {768: "SD 1.x", 1024: "SD 2.x"}.get(context or 0, "no ADM (label_emb) input")
-        raise NotSdxlFamily("an SD 1.x/2.x-style UNet", detail)
+        raise NotSdxlFamily(SD_UNET_KIND, detail)
     return (Form.SINGLE_FILE if prefix else Form.LDM_UNET), prefix
 
 
@@ -144,7 +151,7 @@ def classify_non_unet(shapes: ShapeMap) -> tuple[str, str]:
         return "text encoders only", "the file holds no UNet"
     if not keys:
         return "an empty file", "it holds no tensors"
-    return "an unknown model", f"{len(keys)} tensors, none of them an SDXL UNet"
+    return UNKNOWN_MODEL_KIND, f"{len(keys)} tensors, none of them an SDXL UNet"
 
 
 def _first_context_dim(shapes: ShapeMap, prefix: str) -> int | None:

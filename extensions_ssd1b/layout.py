@@ -10,9 +10,10 @@ generator, so they cannot disagree with each other.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 Shape = tuple[int, ...]
 
@@ -248,12 +249,42 @@ def ldm_to_diffusers_names(layout: UNetLayout) -> dict[str, str]:
 
 def unet_tensor_shapes(layout: UNetLayout) -> dict[str, Shape]:
     """Every UNet tensor of ``layout`` in LDM naming (no ``model.diffusion_model.`` prefix)."""
-    return {
-        block.prefix + name: shape
-        for block in block_plan(layout)
-        for name, shape in block_tensors(block, layout)
-    }
+    return {block.prefix + name: shape for block in block_plan(layout) for name, shape in block_tensors(block, layout)}
 
 
 def parameter_count(layout: UNetLayout) -> int:
     return sum(math.prod(shape) for shape in unet_tensor_shapes(layout).values())
+
+
+def layout_to_dict(layout: UNetLayout) -> dict[str, object]:
+    """Plain JSON/YAML-safe form (used in generated webui configs and in ``inspect --json``)."""
+    return {
+        "input_depths": [list(level) for level in layout.input_depths],
+        "output_depths": [list(level) for level in layout.output_depths],
+        "middle": layout.middle.value,
+        "middle_depth": layout.middle_depth,
+        "model_channels": layout.model_channels,
+        "channel_mult": list(layout.channel_mult),
+        "context_dim": layout.context_dim,
+        "adm_in_channels": layout.adm_in_channels,
+        "in_channels": layout.in_channels,
+        "out_channels": layout.out_channels,
+        "num_head_channels": layout.num_head_channels,
+    }
+
+
+def layout_from_dict(data: Mapping[str, Any]) -> UNetLayout:
+    """Inverse of :func:`layout_to_dict`; accepts any sequence types (e.g. OmegaConf ListConfig)."""
+    return UNetLayout(
+        input_depths=tuple(tuple(int(d) for d in level) for level in data["input_depths"]),
+        output_depths=tuple(tuple(int(d) for d in level) for level in data["output_depths"]),
+        middle=Middle(str(data["middle"])),
+        middle_depth=int(data["middle_depth"]),
+        model_channels=int(data["model_channels"]),
+        channel_mult=tuple(int(m) for m in data["channel_mult"]),
+        context_dim=int(data["context_dim"]),
+        adm_in_channels=int(data["adm_in_channels"]),
+        in_channels=int(data["in_channels"]),
+        out_channels=int(data["out_channels"]),
+        num_head_channels=int(data["num_head_channels"]),
+    )

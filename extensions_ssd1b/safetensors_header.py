@@ -7,6 +7,7 @@ reason, before a single tensor byte is touched.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -108,7 +109,7 @@ def parse_header(path: Path, raw: bytes, file_size: int) -> SafetensorsHeader:
         raise CheckpointError(path, "__metadata__ must map strings to strings")
     tensors = {name: _tensor_info(path, name, entry, data_size) for name, entry in document.items()}
     spans = sorted((info.begin, info.end, name) for name, info in tensors.items() if info.nbytes)
-    for (_, end_a, name_a), (begin_b, _, name_b) in zip(spans, spans[1:]):
+    for (_, end_a, name_a), (begin_b, _, name_b) in itertools.pairwise(spans):
         if begin_b < end_a:
             raise CheckpointError(path, f"tensors {name_a!r} and {name_b!r} overlap in the data section")
     return SafetensorsHeader(path, tensors, dict(metadata), data_start, file_size)

@@ -31,9 +31,7 @@ def distilled_unet_class(openaimodel: ModuleType) -> type:
     class DistilledUNetModel(openaimodel.UNetModel):  # type: ignore[name-defined,misc]
         """sgm ``UNetModel`` built block by block; ``forward`` is inherited untouched."""
 
-        def __init__(
-            self, layout: UNetLayout, *, use_checkpoint: bool = False, attn_type: str = "softmax"
-        ) -> None:
+        def __init__(self, layout: UNetLayout, *, use_checkpoint: bool = False, attn_type: str = "softmax") -> None:
             nn.Module.__init__(self)
             _init_like_unet_model(self, openaimodel, layout, use_checkpoint, attn_type)
 
@@ -50,9 +48,7 @@ def build_unet(
     return distilled_unet_class(openaimodel)(layout, use_checkpoint=use_checkpoint, attn_type=attn_type)
 
 
-def _init_like_unet_model(
-    unet: Any, sgm: ModuleType, layout: UNetLayout, use_checkpoint: bool, attn_type: str
-) -> None:
+def _init_like_unet_model(unet: Any, sgm: ModuleType, layout: UNetLayout, use_checkpoint: bool, attn_type: str) -> None:
     # The attributes sgm's UNetModel sets and its forward (or host code) reads.
     setattr(unet, LAYOUT_ATTRIBUTE, layout)
     unet.in_channels = layout.in_channels
@@ -79,9 +75,7 @@ def _init_like_unet_model(
         blocks.setdefault(container, []).append(_make_piece(sgm, plan, layout, use_checkpoint, attn_type))
 
     emb = layout.time_embed_dim
-    unet.time_embed = nn.Sequential(
-        sgm.linear(layout.model_channels, emb), nn.SiLU(), sgm.linear(emb, emb)
-    )
+    unet.time_embed = nn.Sequential(sgm.linear(layout.model_channels, emb), nn.SiLU(), sgm.linear(emb, emb))
     unet.label_emb = nn.Sequential(
         nn.Sequential(sgm.linear(layout.adm_in_channels, emb), nn.SiLU(), sgm.linear(emb, emb))
     )
@@ -89,14 +83,10 @@ def _init_like_unet_model(
     def sequence(container: str) -> nn.Module:
         return sgm.TimestepEmbedSequential(*blocks.get(container, []))
 
-    unet.input_blocks = nn.ModuleList(
-        sequence(name) for name in blocks if name.startswith("input_blocks.")
-    )
+    unet.input_blocks = nn.ModuleList(sequence(name) for name in blocks if name.startswith("input_blocks."))
     # An empty TimestepEmbedSequential is an identity: that is how a model without a middle block runs.
     unet.middle_block = sgm.TimestepEmbedSequential(*blocks.get("middle_block", []))
-    unet.output_blocks = nn.ModuleList(
-        sequence(name) for name in blocks if name.startswith("output_blocks.")
-    )
+    unet.output_blocks = nn.ModuleList(sequence(name) for name in blocks if name.startswith("output_blocks."))
     unet.out = nn.Sequential(
         sgm.normalization(layout.model_channels),
         nn.SiLU(),
