@@ -11,6 +11,7 @@ import itertools
 import json
 import math
 import os
+import stat
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -64,6 +65,9 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
     """Read and validate the header of the safetensors file at ``path``."""
     path = Path(path)
     try:
+        # open() on a FIFO blocks until a writer appears: refuse anything but a file first.
+        if not os.path.isdir(path) and not stat.S_ISREG(os.stat(path).st_mode):
+            raise CheckpointError(path, "is not a regular file (a pipe, socket or device)")
         with open(path, "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
             if os.path.isdir(path):

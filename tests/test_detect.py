@@ -205,7 +205,7 @@ def test_sd15_is_not_sdxl_family():
         P + "input_blocks.0.0.weight": (320, 4, 3, 3),
         P + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": (320, 768),
     }
-    with pytest.raises(NotSdxlFamily, match="SD 1.x"):
+    with pytest.raises(NotSdxlFamily, match=r"SD 1\.x"):
         detect(sd15)
 
 
