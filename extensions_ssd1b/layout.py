@@ -86,9 +86,18 @@ class UNetLayout:
         if self.middle is not Middle.FULL and self.middle_depth:
             found.append("only a full middle block has a transformer depth")
         for level in range(self.levels):
-            if self.level_channels(level) % self.num_head_channels:
-                found.append(f"level {level} width is not a multiple of the head width")
+            if self.level_channels(level) % 32:  # sgm normalises with GroupNorm(32 groups)
+                found.append(f"level {level} is {self.level_channels(level)} wide, not a multiple of 32")
         return found
+
+    def head_problems(self) -> list[str]:
+        """Attention heads are not visible in the weights; the builder checks them against the config."""
+        return [
+            f"level {level} width {self.level_channels(level)} is not a multiple of the head width "
+            f"{self.num_head_channels}"
+            for level in range(self.levels)
+            if self.level_channels(level) % self.num_head_channels
+        ]
 
     # -- block numbering ------------------------------------------------------------------------
 
@@ -287,4 +296,39 @@ def layout_from_dict(data: Mapping[str, Any]) -> UNetLayout:
         in_channels=int(data["in_channels"]),
         out_channels=int(data["out_channels"]),
         num_head_channels=int(data["num_head_channels"]),
+    )
+
+
+def layout_from_sgm_params(params: Mapping[str, Any]) -> UNetLayout | None:
+    """The layout a stock sgm ``UNetModel`` builds from these config params, or None if we can't say.
+
+    Used to tell whether a user's ``<checkpoint>.yaml`` would build exactly the UNet in the file.
+    """
+    if params.get("num_attention_blocks") is not None or not params.get("use_linear_in_transformer", False):
+        return None
+    mult = tuple(int(m) for m in params["channel_mult"])
+    levels = len(mult)
+    res = params["num_res_blocks"]
+    res = [int(res)] * levels if isinstance(res, int) else [int(n) for n in res]
+    depth = params.get("transformer_depth", 1)
+    depth = [int(depth)] * levels if isinstance(depth, int) else [int(d) for d in depth]
+    attention = {int(a) for a in params.get("attention_resolutions", [])}
+    level_depth = [depth[level] if 2**level in attention else 0 for level in range(levels)]
+    middle_depth = params.get("transformer_depth_middle")
+    middle_depth = depth[-1] if middle_depth is None else int(middle_depth)
+    context = params.get("context_dim")
+    if context is not None and not isinstance(context, int):  # the refiner lists one per level
+        context = next(iter(context))
+    return UNetLayout(
+        input_depths=tuple((level_depth[level],) * res[level] for level in range(levels)),
+        output_depths=tuple((level_depth[level],) * (res[level] + 1) for level in reversed(range(levels))),
+        middle=Middle.FULL,
+        middle_depth=middle_depth,
+        model_channels=int(params["model_channels"]),
+        channel_mult=mult,
+        context_dim=int(context or 0),
+        adm_in_channels=int(params.get("adm_in_channels") or 0),
+        in_channels=int(params["in_channels"]),
+        out_channels=int(params["out_channels"]),
+        num_head_channels=int(params.get("num_head_channels", 64)),
     )

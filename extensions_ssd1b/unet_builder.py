@@ -43,7 +43,7 @@ def build_unet(
     openaimodel: ModuleType, layout: UNetLayout, *, use_checkpoint: bool = False, attn_type: str = "softmax"
 ) -> nn.Module:
     """Construct the UNet for ``layout`` from ``openaimodel``'s classes (weights uninitialised)."""
-    if problems := layout.problems():
+    if problems := layout.problems() + layout.head_problems():
         raise ValueError("; ".join(problems))
     return distilled_unet_class(openaimodel)(layout, use_checkpoint=use_checkpoint, attn_type=attn_type)
 

@@ -22,6 +22,7 @@ How a distilled checkpoint is loaded:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import importlib.util
@@ -35,7 +36,14 @@ from . import __version__
 from .detect import LDM_UNET_PREFIX, OTHER_MODEL_KINDS, Detection, Form, compare_shapes, detect
 from .errors import CheckpointError, LayoutError, NotSdxlFamily
 from .families import CUSTOM_DISTILLED, match_family
-from .layout import UNetLayout, layout_from_dict, layout_to_dict, ldm_to_diffusers_names, parameter_count
+from .layout import (
+    UNetLayout,
+    layout_from_dict,
+    layout_from_sgm_params,
+    layout_to_dict,
+    ldm_to_diffusers_names,
+    parameter_count,
+)
 from .safetensors_header import read_header
 from .unet_builder import LAYOUT_ATTRIBUTE, build_unet, is_ssd1b_unet
 
@@ -166,8 +174,10 @@ def write_distilled_config(base_config: str, detection: Detection) -> str:
     network = config["model"]["params"]["network_config"]
     base_params = network.get("params", {})
     network["target"] = BUILD_TARGET
+    # Head width is not visible in the weights: use the host's, as its own SDXL UNet would.
+    layout = dataclasses.replace(detection.layout, num_head_channels=int(base_params.get("num_head_channels", 64)))
     network["params"] = {
-        "layout": layout_to_dict(detection.layout),
+        "layout": layout_to_dict(layout),
         "attn_type": base_params.get("spatial_transformer_attn_type", "softmax"),
     }
     components = sorted(detection.components.present())
@@ -180,6 +190,18 @@ def write_distilled_config(base_config: str, detection: Detection) -> str:
         temporary.write_text(text, encoding="utf-8")
         os.replace(temporary, path)
     return str(path)
+
+
+def config_builds_layout(config_path: str, layout: UNetLayout) -> bool:
+    """True when the stock sgm UNet of ``config_path`` has exactly ``layout`` (a user's own yaml)."""
+    import yaml
+
+    try:
+        with open(config_path, encoding="utf-8") as handle:
+            network = yaml.safe_load(handle)["model"]["params"]["network_config"]
+        return network["target"].endswith(".UNetModel") and layout_from_sgm_params(network["params"]) == layout
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+        return False
 
 
 def _find_checkpoint_config(original: Callable[..., Any], state_dict: dict[str, Any], info: Any) -> Any:
@@ -197,6 +219,12 @@ def _find_checkpoint_config(original: Callable[..., Any], state_dict: dict[str, 
         return original(state_dict, info)
     if detection.form is Form.DIFFUSERS_UNET:
         rename_diffusers_unet(state_dict, detection)
+    near = sd_models_config.find_checkpoint_config_near_filename(info) if info is not None else None
+    if near is not None:
+        if config_builds_layout(near, detection.layout):
+            log(f"{info.filename}: {describe(detection)}; using {near} beside it, which builds exactly this UNet")
+            return near
+        log(f"ignoring {near}: it does not build the UNet this checkpoint holds ({detection.family_name})")
     path = write_distilled_config(sd_models_config.config_sdxl, detection)
     log(f"{getattr(info, 'filename', 'checkpoint')}: {describe(detection)}; building the UNet at its true shape")
     return path

@@ -53,3 +53,32 @@ def sgm_openaimodel(monkeypatch: pytest.MonkeyPatch):
     yield importlib.import_module("sgm.modules.diffusionmodules.openaimodel")
     if stand_in:
         _forget("sgm")
+
+
+# -- the stand-in webui (tests/fakewebui/install.py) ------------------------------------------------
+
+
+@pytest.fixture(params=["1.6.0", "1.10.1"])
+def fake_webui(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """A started A1111 host: the stand-in imitating the release in the parameter, or (webui tier) the real one.
+
+    Other releases: ``@pytest.mark.parametrize("fake_webui", ["1.7.0"], indirect=True)``.  In the webui
+    tier, parameters other than the real host's release are skipped.
+    """
+    from fakewebui import install_fake_webui
+
+    fake = install_fake_webui(monkeypatch, request.param, tmp_path)
+    if fake.real and fake.version != request.param:
+        pytest.skip(f"the real webui here is {fake.version}, not {request.param}")
+    return fake
+
+
+@pytest.fixture
+def fake_webui_factory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """``make(version, *, forge=False, cmd_args=None, extensions=())`` → a started host, for one-off options."""
+    from fakewebui import install_fake_webui
+
+    def make(version: str, **options):
+        return install_fake_webui(monkeypatch, version, tmp_path, **options)
+
+    return make

@@ -1,0 +1,1 @@
+"""Stand-in for ``sgm.modules.diffusionmodules`` (the real one re-exports samplers, wrappers …)."""

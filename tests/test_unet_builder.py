@@ -1,0 +1,153 @@
+"""The UNet we build for a layout is the UNet diffusers and stock sgm build for the same model.
+
+References used, none of them our own code: diffusers' ``UNet2DConditionModel`` and its LDM
+converter, sgm's ``UNetModel`` with the stock SDXL configs, and the published parameter counts.
+Numerics run at reduced width on CPU; shapes and counts run at full width on the meta device.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers_reference import (
+    SDXL_BASE_UNET_PARAMS,
+    SDXL_REFINER_UNET_PARAMS,
+    diffusers_config,
+    example_inputs,
+    random_state_dict,
+    reduced,
+    reduced_stock_params,
+    reference_unet,
+    run_diffusers,
+    run_sgm,
+)
+
+from extensions_ssd1b.detect import Form, detect
+from extensions_ssd1b.families import FAMILIES, FAMILIES_BY_KEY
+from extensions_ssd1b.layout import ldm_to_diffusers_names, unet_tensor_shapes
+from extensions_ssd1b.unet_builder import build_unet, is_ssd1b_unet
+
+FAMILY_KEYS = [family.key for family in FAMILIES]
+
+# Published UNet sizes (model cards / papers; see /work/shared/docs/architectures.md §2).  The
+# refiner's figure is the research notes' count, which matches its 9.04 GB fp32 UNet file.
+PUBLISHED_PARAMETERS = {
+    "sdxl": 2_567_463_684,
+    "sdxl-refiner": 2_259_526_660,
+    "ssd-1b": 1_331_334_404,
+    "segmind-vega": 745_225_604,
+    "koala-700m": 782_822_724,
+    "koala-1b": 1_161_184_324,
+}
+
+TOLERANCE = 1e-4  # fp32; both sides run the same ops, so real differences are far larger
+
+
+def state_shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    return {key: tuple(value.shape) for key, value in module.state_dict().items()}
+
+
+def loaded(unet: torch.nn.Module, weights: dict[str, torch.Tensor]) -> torch.nn.Module:
+    unet.load_state_dict(weights, strict=True, assign=True)
+    return unet.eval()
+
+
+def build_on_meta(openaimodel, layout):
+    with torch.device("meta"):
+        return build_unet(openaimodel, layout)
+
+
+@pytest.fixture(scope="module")
+def diffusers():
+    return pytest.importorskip("diffusers")
+
+
+@pytest.mark.parametrize("key", FAMILY_KEYS)
+def test_same_output_as_diffusers(key, sgm_openaimodel, diffusers):
+    layout = reduced(FAMILIES_BY_KEY[key].layout)
+    weights = random_state_dict(layout, seed=FAMILY_KEYS.index(key))
+    ours = loaded(build_on_meta(sgm_openaimodel, layout), weights)
+    theirs = reference_unet(layout, weights)
+    inputs = example_inputs(layout, sgm_openaimodel.timestep_embedding)
+
+    out, expected = run_sgm(ours, inputs), run_diffusers(theirs, inputs)
+
+    assert out.shape == inputs.x.shape
+    assert expected.std() > 0.1  # a real signal, not a zeroed output that trivially agrees
+    assert (out - expected).abs().max().item() <= TOLERANCE
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", FAMILY_KEYS)
+def test_full_width_tensors_and_published_size(key, sgm_openaimodel):
+    layout = FAMILIES_BY_KEY[key].layout
+    unet = build_on_meta(sgm_openaimodel, layout)
+
+    assert state_shapes(unet) == unet_tensor_shapes(layout)
+    assert sum(p.numel() for p in unet.parameters()) == PUBLISHED_PARAMETERS[key]
+
+
+def test_built_unet_is_the_stock_class_with_the_stock_forward(sgm_openaimodel):
+    layout = reduced(FAMILIES_BY_KEY["ssd-1b"].layout)
+    unet = build_on_meta(sgm_openaimodel, layout)
+
+    assert isinstance(unet, sgm_openaimodel.UNetModel)
+    # Host patches replace UNetModel.forward on the class; a subclass override would dodge them.
+    assert type(unet).forward is sgm_openaimodel.UNetModel.forward
+    assert "forward" not in vars(type(unet))
+    assert is_ssd1b_unet(unet) and unet.ssd1b_layout == layout
+    # Attributes host code reads off a stock UNetModel.
+    with torch.device("meta"):
+        stock = sgm_openaimodel.UNetModel(**reduced_stock_params(SDXL_BASE_UNET_PARAMS))
+    missing = {name for name in vars(stock) if not name.startswith("_") and not hasattr(unet, name)}
+    assert not missing
+
+
+@pytest.mark.parametrize(
+    ("key", "params"), [("sdxl", SDXL_BASE_UNET_PARAMS), ("sdxl-refiner", SDXL_REFINER_UNET_PARAMS)]
+)
+def test_stock_sgm_config_builds_the_same_unet(key, params, sgm_openaimodel):
+    layout = FAMILIES_BY_KEY[key].layout
+    with torch.device("meta"):
+        stock = sgm_openaimodel.UNetModel(**params)
+    assert state_shapes(stock) == state_shapes(build_on_meta(sgm_openaimodel, layout))
+
+    # Same weights, same output: the stock constructor and ours wire the blocks identically.
+    small = reduced(layout)
+    weights = random_state_dict(small, seed=7)
+    with torch.device("meta"):
+        stock = sgm_openaimodel.UNetModel(**reduced_stock_params(params))
+    stock = loaded(stock, weights)
+    ours = loaded(build_on_meta(sgm_openaimodel, small), weights)
+    inputs = example_inputs(small, sgm_openaimodel.timestep_embedding)
+    assert torch.equal(run_sgm(ours, inputs), run_sgm(stock, inputs))
+
+
+@pytest.mark.parametrize("key", FAMILY_KEYS)
+def test_key_map_agrees_with_diffusers_converter(key, diffusers):
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+    layout = FAMILIES_BY_KEY[key].layout
+    config = diffusers_config(layout)
+    assert isinstance(config["layers_per_block"], int)  # the converter indexes blocks with it
+    # Values are the LDM names themselves, so the converter's output is its key map.
+    checkpoint = {f"model.diffusion_model.{name}": name for name in unet_tensor_shapes(layout)}
+
+    converted = convert_ldm_unet_checkpoint(checkpoint, config)
+
+    assert converted == {theirs: ours for ours, theirs in ldm_to_diffusers_names(layout).items()}
+
+
+@pytest.mark.parametrize("key", FAMILY_KEYS)
+def test_detect_reads_back_a_real_diffusers_unet(key, diffusers):
+    layout = FAMILIES_BY_KEY[key].layout
+    with torch.device("meta"):
+        model = diffusers.UNet2DConditionModel(**diffusers_config(layout))
+    shapes = state_shapes(model)
+
+    detection = detect(shapes)  # also fails on any tensor the layout does not predict
+
+    assert detection.form is Form.DIFFUSERS_UNET
+    assert detection.layout == layout
+    assert detection.family is FAMILIES_BY_KEY[key]
+    assert set(shapes) == set(ldm_to_diffusers_names(layout).values())

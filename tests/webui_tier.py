@@ -1,0 +1,120 @@
+"""Start a real AUTOMATIC1111 checkout in this process, with this extension installed, for the webui tier.
+
+Used only when ``SD_WEBUI_ROOT`` points to a real checkout (run pytest with that webui's Python).
+Nothing in the checkout is modified: the extension is linked into a temporary ``--data-dir``, and
+checkpoints live in a temporary ``--ckpt-dir``.  The flags are the ones that keep A1111 offline and
+on the CPU; the CLIP-L tokenizer comes from the Hugging Face cache in ``HF_HOME`` (``SD_WEBUI_HF_HOME``
+or ``../shared/data/hf-home-clip-l`` beside this repository).  One webui per process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+OFFLINE_CPU_FLAGS = (
+    "--skip-prepare-environment",
+    "--skip-install",
+    "--skip-torch-cuda-test",
+    "--skip-version-check",
+    "--use-cpu",
+    "all",
+    "--no-half",
+    "--no-half-vae",
+    "--precision",
+    "full",
+    "--api",
+    "--nowebui",
+    "--no-download-sd-model",
+    "--do-not-download-clip",
+)
+
+
+@dataclass
+class RealWebui:
+    root: Path
+    data_dir: Path
+    checkpoints_dir: Path
+    version: str
+
+    def refresh(self) -> None:
+        from modules import sd_models, sd_vae
+
+        sd_models.list_models()
+        sd_vae.refresh_vae_list()
+
+    def app(self) -> Any:
+        """The webui's FastAPI app with its API and our routes, as ``webui.api_only()`` builds it."""
+        from fastapi import FastAPI
+        from modules import initialize_util, script_callbacks
+        from modules.api.api import Api
+        from modules.call_queue import queue_lock
+
+        app = FastAPI()
+        initialize_util.setup_middleware(app)
+        Api(app, queue_lock)
+        script_callbacks.before_ui_callback()
+        script_callbacks.app_started_callback(None, app)
+        return app
+
+
+_started: RealWebui | None = None
+
+
+def _hf_home() -> str:
+    return os.environ.get("SD_WEBUI_HF_HOME", str(REPO_ROOT.parent / "shared" / "data" / "hf-home-clip-l"))
+
+
+def start_real_webui(root: Path) -> RealWebui:
+    """Initialise the webui at ``root`` once per process; later calls return the same host."""
+    global _started
+    if _started is not None:
+        return _started
+    work = Path(tempfile.mkdtemp(prefix="ssd1b-webui-tier-"))
+    data_dir, checkpoints = work / "data", work / "checkpoints"
+    (data_dir / "extensions").mkdir(parents=True)
+    checkpoints.mkdir()
+    (data_dir / "extensions" / "sd-webui-ssd1b").symlink_to(REPO_ROOT, target_is_directory=True)
+    for key, value in {
+        "HF_HOME": _hf_home(),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "IGNORE_CMD_ARGS_ERRORS": "1",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+    }.items():
+        os.environ.setdefault(key, value)
+    # The webui parses sys.argv when its modules are first imported.
+    sys.argv = [
+        str(root / "launch.py"),
+        *OFFLINE_CPU_FLAGS,
+        "--data-dir",
+        str(data_dir),
+        "--ckpt-dir",
+        str(checkpoints),
+    ]
+    os.chdir(root)
+    sys.path.insert(0, str(root))
+
+    from modules import initialize, launch_utils, timer
+
+    timer.startup_timer.record("launcher")
+    initialize.imports()
+    if hasattr(initialize, "check_versions"):
+        initialize.check_versions()
+    sigint = signal.getsignal(signal.SIGINT)
+    before = set(threading.enumerate())
+    initialize.initialize()
+    signal.signal(signal.SIGINT, sigint)  # initialize() installs a handler that hard-exits
+    # v1.6.0 always starts a model-load thread; with an empty checkpoint folder it fails at once.
+    for thread in set(threading.enumerate()) - before:
+        if not thread.daemon:
+            thread.join(120)
+    _started = RealWebui(root, data_dir, checkpoints, launch_utils.git_tag().lstrip("v"))
+    return _started
