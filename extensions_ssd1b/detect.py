@@ -24,6 +24,8 @@ LDM_UNET_PREFIX = "model.diffusion_model."
 CLIP_L_PREFIX = "conditioner.embedders.0.transformer."
 CLIP_G_PREFIXES = ("conditioner.embedders.1.model.", "conditioner.embedders.0.model.")
 VAE_PREFIX = "first_stage_model."
+# A diffusers-named UNet: bare, as in a diffusers folder, or inside a single file.
+DIFFUSERS_UNET_PREFIXES = ("", "unet.", LDM_UNET_PREFIX)
 VAE_REQUIRED = ("decoder.conv_in.weight", "post_quant_conv.weight", "decoder.conv_out.weight")
 
 
@@ -112,7 +114,7 @@ def has_vae(shapes: ShapeMap) -> bool:
 
 
 def _has_bare_unet(shapes: ShapeMap) -> bool:
-    return "input_blocks.0.0.weight" in shapes or "conv_in.weight" in shapes or "unet.conv_in.weight" in shapes
+    return "input_blocks.0.0.weight" in shapes or any(p + "conv_in.weight" in shapes for p in DIFFUSERS_UNET_PREFIXES)
 
 
 def _locate_unet(shapes: ShapeMap) -> tuple[Form, str]:
@@ -120,8 +122,8 @@ def _locate_unet(shapes: ShapeMap) -> tuple[Form, str]:
         prefix = LDM_UNET_PREFIX
     elif "input_blocks.0.0.weight" in shapes:
         prefix = ""
-    elif "conv_in.weight" in shapes or "unet.conv_in.weight" in shapes:
-        prefix = "unet." if "unet.conv_in.weight" in shapes else ""
+    elif any(p + "conv_in.weight" in shapes for p in DIFFUSERS_UNET_PREFIXES):
+        prefix = next(p for p in DIFFUSERS_UNET_PREFIXES if p + "conv_in.weight" in shapes)
         if f"{prefix}add_embedding.linear_1.weight" not in shapes:
             raise NotSdxlFamily(DIFFUSERS_NON_SDXL_KIND, "SD 1.x/2.x?")
         return Form.DIFFUSERS_UNET, prefix

@@ -9,10 +9,12 @@ generator, so they cannot disagree with each other.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
+from types import MappingProxyType
 from typing import Any
 
 Shape = tuple[int, ...]
@@ -247,13 +249,16 @@ def diffusers_tensor_name(block: BlockPlan, name: str) -> str:
     return block.diffusers_prefix + name
 
 
-def ldm_to_diffusers_names(layout: UNetLayout) -> dict[str, str]:
-    """LDM UNet tensor name → diffusers ``UNet2DConditionModel`` name, for every tensor."""
-    return {
-        block.prefix + name: diffusers_tensor_name(block, name)
-        for block in block_plan(layout)
-        for name, _ in block_tensors(block, layout)
-    }
+@functools.lru_cache(maxsize=32)
+def ldm_to_diffusers_names(layout: UNetLayout) -> Mapping[str, str]:
+    """LDM UNet tensor name → diffusers ``UNet2DConditionModel`` name, for every tensor (read-only)."""
+    return MappingProxyType(
+        {
+            block.prefix + name: diffusers_tensor_name(block, name)
+            for block in block_plan(layout)
+            for name, _ in block_tensors(block, layout)
+        }
+    )
 
 
 def unet_tensor_shapes(layout: UNetLayout) -> dict[str, Shape]:

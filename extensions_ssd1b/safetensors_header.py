@@ -101,7 +101,11 @@ def parse_header(path: Path, raw: bytes, file_size: int) -> SafetensorsHeader:
     except UnicodeDecodeError:
         raise CheckpointError(path, "header is not valid UTF-8 (not a safetensors file?)") from None
     try:
-        document = json.loads(text, object_pairs_hook=_reject_duplicates)
+        document = json.loads(text)
+        # A duplicate key would silently keep the last entry; only when the entry count and the
+        # number of "data_offsets" disagree is the slower duplicate-rejecting parse needed.
+        if isinstance(document, dict) and text.count('"data_offsets"') != len(document) - ("__metadata__" in document):
+            document = json.loads(text, object_pairs_hook=_reject_duplicates)
     except ValueError as error:  # JSONDecodeError and duplicate keys
         raise CheckpointError(path, f"header is not valid JSON: {error}") from None
     if not isinstance(document, dict):

@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from .components import (
     ADM_SCALAR_WIDTH,
@@ -139,25 +140,34 @@ def write_safetensors(
             return path
         import numpy as np  # only real-data samples need it; inspect's sparse sample does not
 
-        from .convert import cast
+        from .convert import CASTABLE, cast
 
         rng = np.random.default_rng(seed)
-        # One pool of random values per dtype, read from a random place for each tensor: distinct
-        # contents per tensor (so a mix-up shows) at the speed of a copy.
-        values = rng.standard_normal(_POOL_VALUES, dtype=np.float32) * np.float32(0.05) + np.float32(0.01)
-        pools: dict[str, bytes] = {}
+        # One pool of random values, read from a random place for each tensor: distinct contents per
+        # tensor (so a mix-up shows) at about the speed of a copy.  Values are scaled by each tensor's
+        # fan-in, as a trained network's are, so that a full-width UNet run on them stays finite.
+        pool = rng.standard_normal(_POOL_VALUES, dtype=np.float32) * np.float32(0.05) + np.float32(0.01)
         for tensor in tensors:
-            if tensor.dtype not in pools:
-                pools[tensor.dtype] = bytes(cast(values.tobytes(), "F32", tensor.dtype)[0])
-            pool = memoryview(pools[tensor.dtype])
-            position = int(rng.integers(0, _POOL_VALUES)) * DTYPE_SIZES[tensor.dtype]
-            remaining = tensor.nbytes
+            if tensor.dtype not in CASTABLE:  # integer buffers (e.g. position ids): zeros will do
+                handle.write(bytes(tensor.nbytes))
+                continue
+            position = int(rng.integers(0, _POOL_VALUES))
+            remaining = math.prod(tensor.shape)
             while remaining:
                 piece = pool[position : position + remaining]
-                handle.write(piece)
+                handle.write(bytes(cast(_fan_in_scaled(piece, tensor).tobytes(), "F32", tensor.dtype)[0]))
                 remaining -= len(piece)
                 position = 0
     return path
+
+
+def _fan_in_scaled(values: Any, tensor: TensorSpec) -> Any:
+    """Pool values (std 0.05) rescaled: weights to std 1/sqrt(fan-in), norm scales around 1."""
+    if len(tensor.shape) > 1:
+        return values * (20.0 / math.sqrt(math.prod(tensor.shape[1:])))
+    if tensor.name.endswith("weight"):
+        return 1.0 + 2.0 * values
+    return 2.0 * values
 
 
 def _specs(shapes: Iterable[tuple[str, Shape]], dtype: str) -> list[TensorSpec]:

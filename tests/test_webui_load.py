@@ -141,6 +141,9 @@ def test_full_size_ssd1b_loads_at_its_true_shape_and_generates_an_image(webui):
     assert isinstance(unet, UNetModel)
     assert sum(p.numel() for p in unet.parameters()) == SSD1B_PARAMETERS
 
+    from modules import shared
+
+    shared.opts.set("live_previews_enable", False)  # previews would download vaeapprox-sdxl.pt
     client = TestClient(webui.app())
     response = client.post(
         "/sdapi/v1/txt2img",

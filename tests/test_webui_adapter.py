@@ -1,0 +1,162 @@
+"""The host adapter against the stand-in A1111 (v1.6.0, v1.7.0, v1.10.1): the load path of issue 3."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers_reference import example_inputs, random_state_dict, reference_unet, run_diffusers, run_sgm
+from fakewebui import TEST_SCALE, UNET_PREFIX, install_fake_webui
+from fakewebui.install import real_webui_root
+
+from extensions_ssd1b.families import FAMILIES_BY_KEY
+from extensions_ssd1b.layout import UNetLayout, ldm_to_diffusers_names
+from extensions_ssd1b.unet_builder import is_ssd1b_unet
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(real_webui_root() is not None, reason="test-scale checkpoints fit only the stand-in")
+
+VERSIONS = ["1.6.0", "1.7.0", "1.10.1"]
+
+
+def standin_scale(family_key: str) -> UNetLayout:
+    """The family's blocks at the stand-in's SDXL widths (its text encoders and ADM fit these)."""
+    return dataclasses.replace(
+        FAMILIES_BY_KEY[family_key].layout,
+        model_channels=TEST_SCALE.model_channels,
+        context_dim=TEST_SCALE.context_dim,
+        adm_in_channels=TEST_SCALE.adm_in_channels,
+        num_head_channels=TEST_SCALE.num_head_channels,
+    )
+
+
+@pytest.fixture(params=VERSIONS)
+def host(request, monkeypatch, tmp_path):
+    return install_fake_webui(monkeypatch, request.param, tmp_path, extensions=[REPO_ROOT])
+
+
+def write_family(host, name: str, family_key: str, seed: int, *, diffusers_names: bool = False):
+    """A test-scale single file: the stand-in's text encoders and VAE with the family's UNet."""
+    layout = standin_scale(family_key)
+    unet = random_state_dict(layout, seed)
+    state_dict = {k: v for k, v in host.stock_sdxl_state_dict(seed).items() if not k.startswith(UNET_PREFIX)}
+    names = ldm_to_diffusers_names(layout) if diffusers_names else {k: k for k in unet}
+    state_dict.update({UNET_PREFIX + names[k]: v for k, v in unet.items()})
+    host.write_checkpoint(name, state_dict)
+    return layout, unet
+
+
+def assert_live_unet_computes(host, layout: UNetLayout, weights: dict[str, torch.Tensor]) -> None:
+    from sgm.modules.diffusionmodules.openaimodel import timestep_embedding
+
+    inputs = example_inputs(layout, timestep_embedding, seed=5)
+    ours = run_sgm(host.sd_model.model.diffusion_model.float(), inputs)
+    reference = run_diffusers(reference_unet(layout, weights), inputs)
+    assert (ours - reference).abs().max().item() <= 1e-4
+
+
+def test_switching_builds_each_architecture_afresh_with_its_own_weights(host):
+    files = {
+        key: write_family(host, key, key, seed)
+        for seed, key in enumerate(["sdxl", "ssd-1b", "segmind-vega", "koala-700m"])
+    }
+    for key in ["sdxl", "ssd-1b", "segmind-vega", "koala-700m", "sdxl", "ssd-1b"]:
+        host.load_checkpoint(key)
+        unet = host.sd_model.model.diffusion_model
+        layout, weights = files[key]
+        # SDXL at the host's own widths stays the host's; every distilled layout is ours
+        assert is_ssd1b_unet(unet) == (key != "sdxl")
+        assert_live_unet_computes(host, layout, weights)
+
+
+def test_a_second_checkpoint_of_the_same_family_replaces_every_weight(host):
+    write_family(host, "first", "segmind-vega", 1)
+    layout, weights = write_family(host, "second", "segmind-vega", 2)
+    host.load_checkpoint("first")
+    host.load_checkpoint("second")
+    assert_live_unet_computes(host, layout, weights)
+
+
+def test_a_diffusers_named_unet_in_a_single_file_is_renamed_on_load(host):
+    layout, weights = write_family(host, "diffusers-koala", "koala-1b", 3, diffusers_names=True)
+    host.load_checkpoint("diffusers-koala")
+    assert is_ssd1b_unet(host.sd_model.model.diffusion_model)
+    assert_live_unet_computes(host, layout, weights)
+
+
+def test_the_hosts_ssd1b_pruning_never_touches_our_unet(monkeypatch, tmp_path):
+    host = install_fake_webui(monkeypatch, "1.10.1", tmp_path, extensions=[REPO_ROOT])
+    write_family(host, "a", "ssd-1b", 1)
+    layout, weights = write_family(host, "b", "ssd-1b", 2)
+    host.load_checkpoint("a")
+    host.load_checkpoint("b")  # stock 1.10 raises AttributeError inside convert_sdxl_to_ssd here
+    assert host.sd_model.is_ssd  # the host's flag may stay; it is harmless
+    assert_live_unet_computes(host, layout, weights)
+
+
+def _unet_removed(state_dict: dict, fragment: str) -> dict:
+    return {k: v for k, v in state_dict.items() if fragment not in k}
+
+
+def test_an_inconsistent_checkpoint_is_refused_and_the_previous_model_stays(host):
+    layout, weights = write_family(host, "good", "segmind-vega", 1)
+    write_family(host, "broken", "ssd-1b", 2)
+    from safetensors.torch import load_file
+
+    broken = load_file(str(host.checkpoints_dir / "broken.safetensors"))
+    host.write_checkpoint("broken", _unet_removed(broken, "input_blocks.7.1.transformer_blocks.1.attn2"))
+    host.load_checkpoint("good")
+    before = host.sd_model
+    with pytest.raises(Exception, match=r"broken\.safetensors.*input_blocks\.7\.1\.transformer_blocks\.1"):
+        host.load_checkpoint("broken")
+    assert host.sd_model is before
+    assert_live_unet_computes(host, layout, weights)
+    assert host.select_checkpoint("broken") is False  # the UI path reports it and reverts the option
+
+
+def test_a_lora_picked_as_a_checkpoint_is_refused_by_name(host):
+    host.write_checkpoint("my-lora", {"lora_unet_input_blocks_4_1_proj_in.lora_down.weight": torch.zeros(4, 64)})
+    with pytest.raises(Exception, match=r"my-lora\.safetensors: cannot be loaded as a checkpoint: .*LoRA"):
+        host.load_checkpoint("my-lora")
+
+
+def test_a_unet_only_file_is_refused_with_the_convert_hint(host):
+    layout = standin_scale("koala-700m")
+    host.write_checkpoint("bare", {UNET_PREFIX[:0] + k: v for k, v in random_state_dict(layout, 0).items()})
+    with pytest.raises(Exception, match=r"bare\.safetensors: .*without SDXL's text encoders.*extensions_ssd1b convert"):
+        host.load_checkpoint("bare")
+
+
+def test_infotext_names_the_family_and_the_route_inspects_only_listed_files(host):
+    write_family(host, "vega", "segmind-vega", 1)
+    host.load_checkpoint("vega")
+    processed = host.txt2img()
+    assert "SSD-1B arch: custom distilled SDXL" in processed.infotexts[0]  # test widths match no table row
+    inspect = host.app_started().routes[("GET", "/ssd1b/v1/inspect")]
+    info = host.checkpoint_info("vega")
+    assert inspect(info.title)["middle"] == "res"
+    with pytest.raises(Exception, match="not a checkpoint the webui lists"):
+        inspect("/etc/passwd")
+
+
+def test_reloading_scripts_does_not_wrap_twice(host):
+    from modules import sd_models
+
+    from extensions_ssd1b.webui import ORIGINAL_ATTRIBUTE
+
+    original = getattr(sd_models.load_model_weights, ORIGINAL_ATTRIBUTE)
+    host.reload_scripts()
+    assert getattr(sd_models.load_model_weights, ORIGINAL_ATTRIBUTE) is original
+    assert getattr(original, ORIGINAL_ATTRIBUTE, None) is None
+
+
+def test_forge_is_left_alone(monkeypatch, tmp_path, capsys):
+    install_fake_webui(monkeypatch, "1.10.1", tmp_path, forge=True, extensions=[REPO_ROOT])
+    from modules import sd_models
+
+    from extensions_ssd1b.webui import ORIGINAL_ATTRIBUTE
+
+    assert not hasattr(sd_models.load_model_weights, ORIGINAL_ATTRIBUTE)
+    assert capsys.readouterr().out.count("Forge detected") == 1
