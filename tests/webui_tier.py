@@ -72,7 +72,7 @@ def _hf_home() -> str:
     return os.environ.get("SD_WEBUI_HF_HOME", str(REPO_ROOT.parent / "shared" / "data" / "hf-home-clip-l"))
 
 
-def start_real_webui(root: Path) -> RealWebui:
+def start_real_webui(root: Path, *, with_extension: bool = True) -> RealWebui:
     """Initialise the webui at ``root`` once per process; later calls return the same host."""
     global _started
     if _started is not None:
@@ -81,7 +81,8 @@ def start_real_webui(root: Path) -> RealWebui:
     data_dir, checkpoints = work / "data", work / "checkpoints"
     (data_dir / "extensions").mkdir(parents=True)
     checkpoints.mkdir()
-    (data_dir / "extensions" / "sd-webui-ssd1b").symlink_to(REPO_ROOT, target_is_directory=True)
+    if with_extension:
+        (data_dir / "extensions" / "sd-webui-ssd1b").symlink_to(REPO_ROOT, target_is_directory=True)
     for key, value in {
         "HF_HOME": _hf_home(),
         "HF_HUB_OFFLINE": "1",
