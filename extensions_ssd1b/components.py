@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import functools
 import re
-from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .detect import CLIP_G_PREFIXES, CLIP_L_PREFIX, VAE_PREFIX
+from .detect import CLIP_G_PREFIXES, CLIP_L_PREFIX, VAE_PREFIX, compare_shapes
 from .errors import CheckpointError, LayoutError
 from .layout import Shape, UNetLayout
 
@@ -408,21 +407,7 @@ def component_problems(shapes: ShapeMap, component: ComponentLayout) -> list[str
     found = component.found if component.found is not None else strip_prefix(shapes, component.prefix)
     actual = {k: v for k, v in found.items() if k not in component.optional}
     expected = {k: v for k, v in component.expected.items() if k not in component.optional}
-    missing = [k for k in expected if k not in actual]
-    unexpected = [k for k in actual if k not in expected]
-    wrong = [k for k in expected if k in actual and tuple(actual[k]) != tuple(expected[k])]
-    problems = []
-    if missing:
-        problems.append(f"{component.name}: missing tensors: {_summary(missing)}")
-    if unexpected:
-        problems.append(f"{component.name}: unexpected tensors: {_summary(unexpected)}")
-    for key in wrong[:5]:
-        problems.append(
-            f"{component.name}: {key} has shape {tuple(actual[key])}, the layout needs {tuple(expected[key])}"
-        )
-    if len(wrong) > 5:
-        problems.append(f"{component.name}: {len(wrong) - 5} more tensors with other shapes")
-    return problems
+    return [f"{component.name}: {problem}" for problem in compare_shapes(expected, actual, what="", group=module_group)]
 
 
 _NUMBERED_MODULE = re.compile(r"^(.*\.\d+)\.")
@@ -433,13 +418,6 @@ def module_group(name: str) -> str:
     if m := _NUMBERED_MODULE.match(name):
         return m.group(1)
     return name.rsplit(".", 1)[0] if "." in name else name
-
-
-def _summary(names: list[str], limit: int = 6) -> str:
-    groups = Counter(module_group(n) for n in names)
-    listed = [f"{g} ({n} tensor{'s' if n > 1 else ''})" for g, n in groups.items()]
-    more = f" and {len(listed) - limit} more" if len(listed) > limit else ""
-    return ", ".join(listed[:limit]) + more
 
 
 def text_encoder_fit(shapes: ShapeMap, layout: UNetLayout) -> list[str]:

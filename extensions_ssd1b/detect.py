@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -207,7 +207,7 @@ def layout_from_ldm(unet: Mapping[str, Shape]) -> UNetLayout:
     conv_in = shape("input_blocks.0.0.weight")
     if conv_in is None or len(conv_in) != 4:
         raise LayoutError(["input_blocks.0.0.weight (conv_in) is missing or not a 4-D convolution"])
-    model_channels, in_channels = conv_in[0], conv_in[1]
+    model_channels = conv_in[0]
 
     inputs = _indices(keys, "input_blocks.")
     outputs = _indices(keys, "output_blocks.")
@@ -274,21 +274,17 @@ def layout_from_ldm(unet: Mapping[str, Shape]) -> UNetLayout:
         problems.append("out.2.weight (conv_out) is missing")
     if problems:
         raise LayoutError(problems)
-    layout = UNetLayout(
-        input_depths=tuple(tuple(d) for d in input_depths),
-        output_depths=tuple(output_depths),
-        middle=middle,
-        middle_depth=middle_depth if middle is Middle.FULL else 0,
-        model_channels=model_channels,
-        channel_mult=tuple(channel_mult),
-        context_dim=to_k[1] if to_k else 2048,
-        adm_in_channels=label_emb[1] if label_emb else 0,
-        in_channels=in_channels,
-        out_channels=out_conv[0] if out_conv else 4,
+    return _checked_layout(
+        tuple(tuple(d) for d in input_depths),
+        tuple(output_depths),
+        middle,
+        middle_depth,
+        conv_in,
+        tuple(channel_mult),
+        context=to_k,
+        adm=label_emb,
+        conv_out=out_conv,
     )
-    if layout_problems := layout.problems():
-        raise LayoutError(layout_problems)
-    return layout
 
 
 def layout_from_diffusers(unet: Mapping[str, Shape]) -> UNetLayout:
@@ -299,7 +295,7 @@ def layout_from_diffusers(unet: Mapping[str, Shape]) -> UNetLayout:
     conv_in = unet.get("conv_in.weight")
     if conv_in is None or len(conv_in) != 4:
         raise LayoutError(["conv_in.weight is missing or not a 4-D convolution"])
-    model_channels, in_channels = conv_in[0], conv_in[1]
+    model_channels = conv_in[0]
     down_levels = _indices(keys, "down_blocks.")
     up_levels = _indices(keys, "up_blocks.")
     for indices, head in ((down_levels, "down_blocks."), (up_levels, "up_blocks.")):
@@ -343,16 +339,42 @@ def layout_from_diffusers(unet: Mapping[str, Shape]) -> UNetLayout:
         problems.append("conv_out.weight is missing")
     if problems:
         raise LayoutError(problems)
+    return _checked_layout(
+        input_depths,
+        output_depths,
+        middle,
+        middle_depth,
+        conv_in,
+        tuple(channel_mult),
+        context=to_k,
+        adm=add_emb,
+        conv_out=conv_out,
+    )
+
+
+def _checked_layout(
+    input_depths: tuple[tuple[int, ...], ...],
+    output_depths: tuple[tuple[int, ...], ...],
+    middle: Middle,
+    middle_depth: int,
+    conv_in: Sequence[int],
+    channel_mult: tuple[int, ...],
+    *,
+    context: Sequence[int] | None,
+    adm: Sequence[int] | None,
+    conv_out: Sequence[int] | None,
+) -> UNetLayout:
+    """The counted layout, with widths read from the shapes of the conv, ADM and cross-attention weights."""
     layout = UNetLayout(
         input_depths=input_depths,
         output_depths=output_depths,
         middle=middle,
         middle_depth=middle_depth if middle is Middle.FULL else 0,
-        model_channels=model_channels,
-        channel_mult=tuple(channel_mult),
-        context_dim=to_k[1] if to_k else 2048,
-        adm_in_channels=add_emb[1] if add_emb else 0,
-        in_channels=in_channels,
+        model_channels=conv_in[0],
+        channel_mult=channel_mult,
+        context_dim=context[1] if context else 2048,
+        adm_in_channels=adm[1] if adm else 0,
+        in_channels=conv_in[1],
         out_channels=conv_out[0] if conv_out else 4,
     )
     if layout_problems := layout.problems():
@@ -373,27 +395,34 @@ def block_of(key: str) -> str:
     return ".".join(parts[: depth.get(parts[0], 1)])
 
 
-def _summarise(keys: list[str], limit: int = 8) -> str:
+def _summarise(keys: list[str], group: Callable[[str], str], limit: int = 8) -> str:
     blocks: dict[str, int] = defaultdict(int)
     for key in keys:
-        blocks[block_of(key)] += 1
+        blocks[group(key)] += 1
     named = [f"{block} ({n} tensor{'s' if n > 1 else ''})" for block, n in blocks.items()]
-    more = f" and {len(named) - limit} more blocks" if len(named) > limit else ""
+    more = f" and {len(named) - limit} more" if len(named) > limit else ""
     return ", ".join(named[:limit]) + more
 
 
-def compare_shapes(expected: Mapping[str, Shape], actual: Mapping[str, Shape]) -> list[str]:
+def compare_shapes(
+    expected: Mapping[str, Shape],
+    actual: Mapping[str, Shape],
+    *,
+    what: str = "UNet",
+    group: Callable[[str], str] = block_of,
+) -> list[str]:
     """Differences between the tensors a layout implies and those present, grouped by block."""
+    noun = f"{what} tensors" if what else "tensors"
     missing = [k for k in expected if k not in actual]
     unexpected = [k for k in actual if k not in expected]
     wrong = [k for k in expected if k in actual and tuple(actual[k]) != tuple(expected[k])]
     problems = []
     if missing:
-        problems.append(f"missing UNet tensors: {_summarise(missing)}")
+        problems.append(f"missing {noun}: {_summarise(missing, group)}")
     if unexpected:
-        problems.append(f"unexpected UNet tensors: {_summarise(unexpected)}")
+        problems.append(f"unexpected {noun}: {_summarise(unexpected, group)}")
     for key in wrong[:5]:
         problems.append(f"{key} has shape {tuple(actual[key])}, the layout needs {tuple(expected[key])}")
     if len(wrong) > 5:
-        problems.append(f"{len(wrong) - 5} more tensors with shapes off the channel plan")
+        problems.append(f"{len(wrong) - 5} more tensors with other shapes")
     return problems

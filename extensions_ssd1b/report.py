@@ -41,7 +41,7 @@ from .detect import (
 )
 from .errors import CheckpointError, LayoutError, NotSdxlFamily, Ssd1bError
 from .families import FAMILIES_BY_KEY, Family
-from .layout import Middle, Shape, UNetLayout, parameter_count, unet_tensor_shapes
+from .layout import Middle, Shape, UNetLayout, layout_to_dict, parameter_count, unet_tensor_shapes
 from .safetensors_header import read_header
 
 SCHEMA_ID = "sd-webui-ssd1b/inspect/1"
@@ -299,19 +299,9 @@ def block_rows(layout: UNetLayout) -> list[dict[str, Any]]:
 
 
 def layout_json(layout: UNetLayout) -> dict[str, Any]:
-    return {
-        "model_channels": layout.model_channels,
-        "channel_mult": list(layout.channel_mult),
-        "context_dim": layout.context_dim,
-        "adm_in_channels": layout.adm_in_channels,
-        "in_channels": layout.in_channels,
-        "out_channels": layout.out_channels,
-        "input_depths": [list(d) for d in layout.input_depths],
-        "output_depths": [list(d) for d in layout.output_depths],
-        "middle": layout.middle.value,
-        "middle_depth": layout.middle_depth,
-        "transformer_blocks": layout.transformer_count,
-    }
+    """The layout as JSON, without the head width (the weights don't show it)."""
+    plain = {key: value for key, value in layout_to_dict(layout).items() if key != "num_head_channels"}
+    return {**plain, "transformer_blocks": layout.transformer_count}
 
 
 # -- building reports -----------------------------------------------------------------------------
