@@ -59,6 +59,7 @@ class Setting:
     choices: tuple[str, ...]
     lists_webui_vaes: bool = False  # choices continue with the webui's VAE names (sd_vae.vae_dict)
     infotext: str | None = None  # "Key" whose pasted value sets this setting
+    reloads_vae: bool = False  # a change may pick another VAE file: the host reloads the VAE weights
 
     def choices_with(self, vae_names: Iterable[str] = ()) -> list[str]:
         """The dropdown's choices: fixed ones first, then (for the VAE setting) the webui's VAEs."""
@@ -81,6 +82,7 @@ SCOPE = Setting(
     "every SDXL-family model adds SDXL base, refiner and their fine-tunes",
     kind="radio",
     choices=tuple(scope.value for scope in Scope),
+    reloads_vae=True,
 )
 VAE = Setting(
     key="ssd1b_vae",
@@ -93,6 +95,7 @@ VAE = Setting(
     choices=(VAE_AUTOMATIC, VAE_TAESD_XL),
     lists_webui_vaes=True,
     infotext=infotext.KEY_VAE,
+    reloads_vae=True,
 )
 VAE_PRECISION = Setting(
     key="ssd1b_vae_precision",

@@ -132,6 +132,45 @@ def module_precision(module: nn.Module, precision: Precision) -> Iterator[None]:
                 store[name] = original
 
 
+@contextlib.contextmanager
+def module_forward_precision(module: nn.Module, precision: Precision) -> Iterator[None]:
+    """:func:`module_precision`, and every call of ``module`` computes in ``precision`` too.
+
+    Floating-point inputs (positional and keyword tensors) are cast, and autocast is switched off
+    for the module's device, since under the host's ``torch.autocast`` fp32 weights would still
+    multiply in fp16.  The override is an instance attribute; one already there (extensions such as
+    ControlNet set one) is called through and put back on exit.
+    """
+    dtype = DTYPES[precision]
+    original = module.forward
+    previous = vars(module).get("forward")
+    device_type = next((t.device.type for t in module.parameters()), "cpu")
+
+    def cast(value: object) -> object:
+        return value.to(dtype) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+
+    def forward(*args: object, **kwargs: object) -> object:
+        with _autocast_off(device_type):
+            return original(*(cast(a) for a in args), **{k: cast(v) for k, v in kwargs.items()})
+
+    with module_precision(module, precision):
+        module.forward = forward  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            if previous is None:
+                del module.forward
+            else:
+                module.forward = previous  # type: ignore[method-assign]
+
+
+def _autocast_off(device_type: str) -> AbstractContextManager[object]:
+    try:
+        return torch.autocast(device_type, enabled=False)
+    except (RuntimeError, ValueError):  # a device type this torch has no autocast for
+        return contextlib.nullcontext()
+
+
 # --- what happened -------------------------------------------------------------------------------
 
 
@@ -324,19 +363,20 @@ class NanRecovery:
         """``call()`` under the policy.  ``precision``: what the VAE runs in right now.
 
         ``learn``: start in the precision learned for this VAE (the "Auto" setting); outcomes are
-        remembered either way.  ``inputs``: checked first, so a NaN that came *into* the VAE (from the
-        UNet) is not blamed on it, retried or remembered.
+        remembered either way.  ``inputs``: looked at only when the result is not finite, so a NaN
+        that came *into* the VAE (from the UNet) is not blamed on it, retried or remembered, and a
+        good decode costs one check, not two.
         """
         if policy is NanPolicy.OFF:
-            return call()
-        if inputs is not None and not all_finite(inputs):
-            self._record(NanEvent(stage, vae, precision, None, (precision,), upstream=True))
             return call()
         start = self.starting_precision(vae, stage, precision) if learn else precision
         result = _call_in(call, start, precision, with_precision)
         if all_finite(result):
             if start is not precision:
                 self._record(NanEvent(stage, vae, precision, start, remembered=True))
+            return result
+        if inputs is not None and not all_finite(inputs):
+            self._record(NanEvent(stage, vae, precision, None, (start,), upstream=True))
             return result
         tried = [start]
         if policy is NanPolicy.WARN:
@@ -555,6 +595,87 @@ def unet_note(watch: WatchResult, configured: Precision, remedy: UnetRemedy | No
     """The infotext note for a UNet NaN: ``unet fp16->upcast-attention at step 7`` or ``->none``."""
     after = remedy.value if remedy is not None else infotext.UNRECOVERED
     return infotext.RecoveryNote("unet", configured.value, after, step=watch.first_step)
+
+
+@dataclass(frozen=True)
+class SamplingRecovery:
+    """What happened to one sampling run whose watch saw NaN/Inf."""
+
+    note: infotext.RecoveryNote  # for the infotext
+    message: str  # one line for the console and the toast
+    fixed: bool
+
+
+def sample_with_recovery(
+    sample: Callable[[], torch.Tensor],
+    *,
+    watch: StepWatch,
+    policy: NanPolicy,
+    remedy: Callable[[UnetRemedy], AbstractContextManager[object]],
+    rewind: Callable[[], None],
+    unet_precision: Precision,
+    attention_upcast: bool = False,
+    nan_errors: tuple[type[BaseException], ...] = (),
+    input_nonfinite: Callable[[], bool] = lambda: False,
+    stopped: Callable[[], bool] = lambda: False,
+) -> tuple[torch.Tensor, SamplingRecovery | None]:
+    """Run ``sample()`` and, while the watch saw NaN/Inf and the plan has a remedy, run it again.
+
+    ``remedy(r)`` enters one remedy; remedies add up and all are left when this returns, so the
+    decode after sampling runs as configured.  ``rewind()`` resets the noise before each redo, so
+    the redo samples the same image.  ``nan_errors``: the host's own per-step NaN exception
+    (A1111 up to v1.9 raises it inside sampling); it counts as NaN and is raised again only when
+    nothing fixed it.  ``stopped()``: the user interrupted, so nothing is redone.
+    """
+    tried: list[UnetRemedy] = []
+    first: WatchResult | None = None
+    with contextlib.ExitStack() as remedies:
+        while True:
+            watch.reset()
+            error: BaseException | None = None
+            samples: torch.Tensor | None = None
+            try:
+                samples = sample()
+            except nan_errors as raised:
+                error = raised
+            seen = watch.result()
+            if error is not None and not seen.nonfinite:
+                seen = WatchResult(True, seen.first_step, seen.steps)
+            if not seen.nonfinite:
+                break
+            if stopped():  # interrupted or skipped: what came out is what the user asked to keep
+                if error is not None:
+                    raise error
+                assert samples is not None
+                return samples, None
+            first = first or seen
+            plan = unet_recovery_plan(
+                policy=policy,
+                watch=first,
+                tried=tried,
+                attention_upcast=attention_upcast,
+                unet_precision=Precision.FP32 if UnetRemedy.UNET_FP32 in tried else unet_precision,
+                input_nonfinite=bool(not tried and input_nonfinite()),
+            )
+            if plan.remedy is None:
+                recovery = SamplingRecovery(unet_note(first, unet_precision, None), plan.message, fixed=False)
+                if error is not None:
+                    raise error
+                assert samples is not None
+                return samples, recovery
+            tried.append(plan.remedy)
+            remedies.enter_context(remedy(plan.remedy))
+            rewind()
+    if error is not None:
+        raise error
+    assert samples is not None
+    if first is None:
+        return samples, None
+    fixed_by = tried[-1]
+    how = "attention in fp32" if fixed_by is UnetRemedy.UPCAST_ATTENTION else "the UNet in fp32"
+    at = f" at step {first.first_step}" if first.first_step is not None else ""
+    message = f"SSD-1B: sampling produced NaN/Inf{at}; redone with {how}, and that image is fine."
+    return samples, SamplingRecovery(unet_note(first, unet_precision, fixed_by), message, fixed=True)
 
 
 # --- TAESD-XL --------------------------------------------------------------------------------------

@@ -22,19 +22,20 @@ How a distilled checkpoint is loaded:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import importlib.util
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, infotext, settings, vae_choice, vae_nan
 from .detect import LDM_UNET_PREFIX, OTHER_MODEL_KINDS, Detection, Form, compare_shapes, detect
-from .errors import CheckpointError, LayoutError, NotSdxlFamily
+from .errors import CheckpointError, LayoutError, NotSdxlFamily, Ssd1bError
 from .families import CUSTOM_DISTILLED, match_family
 from .layout import (
     UNetLayout,
@@ -53,8 +54,14 @@ ORIGINAL_ATTRIBUTE = "__ssd1b_original__"
 API_INSPECT_ROUTE = "/ssd1b/v1/inspect"
 
 
+_last_message: list[str] = [""]
+
+
 def log(message: str) -> None:
-    print(f"{LOG_PREFIX} {message}", flush=True)
+    """One console line; the host asks for the same config twice per load, so repeats are dropped."""
+    if message != _last_message[0]:
+        print(f"{LOG_PREFIX} {message}", flush=True)
+        _last_message[0] = message
 
 
 # -- host facts ------------------------------------------------------------------------------------
@@ -113,9 +120,9 @@ def preflight(filename: str) -> Detection | None:
         raise CheckpointError(filename, f"cannot be loaded as a checkpoint: {error}") from None
     except LayoutError as error:
         raise CheckpointError(filename, f"inconsistent SDXL-family UNet: {error}") from None
-    if not detection.distilled:
+    if not detection.distilled or host_builds_itself(detection.layout):
         return None
-    if detection.form is not Form.SINGLE_FILE or not (detection.components.clip_l and detection.components.clip_g):
+    if not (detection.components.clip_l and detection.components.clip_g):
         raise CheckpointError(
             filename,
             f"holds a {detection.family_name} UNet without SDXL's text encoders; A1111 needs a single-file "
@@ -192,16 +199,32 @@ def write_distilled_config(base_config: str, detection: Detection) -> str:
     return str(path)
 
 
-def config_builds_layout(config_path: str, layout: UNetLayout) -> bool:
-    """True when the stock sgm UNet of ``config_path`` has exactly ``layout`` (a user's own yaml)."""
+@functools.lru_cache(maxsize=16)
+def stock_unet_layout(config_path: str) -> UNetLayout | None:
+    """The UNet a host config builds with sgm's own ``UNetModel``, or None (not one, unreadable)."""
     import yaml
 
     try:
         with open(config_path, encoding="utf-8") as handle:
             network = yaml.safe_load(handle)["model"]["params"]["network_config"]
-        return network["target"].endswith(".UNetModel") and layout_from_sgm_params(network["params"]) == layout
+        if not network["target"].endswith(".UNetModel"):
+            return None
+        return layout_from_sgm_params(network["params"])
     except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
-        return False
+        return None
+
+
+def builds(config_path: str, layout: UNetLayout) -> bool:
+    """True when ``config_path`` builds exactly ``layout`` (head width is not in the weights: ignored)."""
+    stock = stock_unet_layout(config_path)
+    return stock is not None and stock == dataclasses.replace(layout, num_head_channels=stock.num_head_channels)
+
+
+def host_builds_itself(layout: UNetLayout) -> bool:
+    """SDXL and the refiner at the host's own widths: its stock configs build them correctly."""
+    from modules import sd_models_config
+
+    return any(builds(path, layout) for path in (sd_models_config.config_sdxl, sd_models_config.config_sdxl_refiner))
 
 
 def _find_checkpoint_config(original: Callable[..., Any], state_dict: dict[str, Any], info: Any) -> Any:
@@ -215,13 +238,13 @@ def _find_checkpoint_config(original: Callable[..., Any], state_dict: dict[str, 
         raise CheckpointError(
             getattr(info, "filename", "checkpoint"), f"inconsistent SDXL-family UNet: {error}"
         ) from None
-    if not detection.distilled:
+    if not detection.distilled or host_builds_itself(detection.layout):
         return original(state_dict, info)
     if detection.form is Form.DIFFUSERS_UNET:
         rename_diffusers_unet(state_dict, detection)
     near = sd_models_config.find_checkpoint_config_near_filename(info) if info is not None else None
     if near is not None:
-        if config_builds_layout(near, detection.layout):
+        if builds(near, detection.layout):
             log(f"{info.filename}: {describe(detection)}; using {near} beside it, which builds exactly this UNet")
             return near
         log(f"ignoring {near}: it does not build the UNet this checkpoint holds ({detection.family_name})")
@@ -416,3 +439,522 @@ def add_api_routes(app: Any) -> None:
             raise HTTPException(status_code=404, detail=f"not a checkpoint the webui lists: {checkpoint!r}") from None
 
     app.add_api_route(API_INSPECT_ROUTE, inspect_route, methods=["GET"])
+
+
+# -- VAE and NaN safety (issue 4) -------------------------------------------------------------------
+#
+# The decisions are the core's (vae_choice.resolve_vae, vae_nan.NanRecovery, vae_nan.sample_with_recovery);
+# this section only reads the host's state for them and puts their answers where the host looks:
+#
+# * settings: registered at import time, so they exist with --nowebui and in /sdapi/v1/options;
+# * sd_vae.resolve_vae: a distilled checkpoint without a VAE gets the resolved file instead of zeros;
+# * processing.decode_first_stage / images_tensor_to_samples (processing imports both names): every
+#   decode and encode of an in-scope model runs in the decided precision under NanRecovery;
+# * StableDiffusionProcessing{Txt2Img,Img2Img}.sample: a UNet NaN is redone with the same noise, and a
+#   refusal stops the generation before sampling;
+# * on_cfg_denoised: one device-side reduction per step (StepWatch), read once after sampling.
+
+SAFETY_SCRIPT_TITLE = "SSD-1B VAE and NaN safety"
+DATA_FOLDER = "ssd1b"  # under the webui's data dir: the extension's own folder may be a read-only checkout
+
+
+class VaeUnavailable(Ssd1bError):
+    """No VAE can decode this model: every image would be flat gray (or TAESD-XL cannot be had)."""
+
+
+@dataclasses.dataclass
+class _Generation:
+    """What one generation collects for its infotext."""
+
+    p: Any
+    notes: list[infotext.RecoveryNote] = dataclasses.field(default_factory=list)
+    told: set[str] = dataclasses.field(default_factory=set)
+
+
+_active: _Generation | None = None
+_watch: vae_nan.StepWatch | None = None
+_recovery: vae_nan.NanRecovery | None = None
+_announced: set[str] = set()
+
+
+def read_settings() -> settings.Values:
+    from modules import shared
+
+    return settings.read_values(lambda key: getattr(shared.opts, key, None))
+
+
+# settings -----------------------------------------------------------------------------------------
+
+
+def register_settings() -> None:
+    """Add the "SSD-1B" section to the host's settings (call at script import; idempotent)."""
+    import inspect
+
+    import gradio as gr
+    from modules import call_queue, shared, shared_items
+
+    section: tuple[str, ...] = (settings.SECTION_ID, settings.SECTION_LABEL)
+    if "category_id" in inspect.signature(shared.OptionInfo).parameters:  # v1.7+; v1.6's UI breaks on 3 parts
+        section = (*section, settings.CATEGORY_ID)
+    reload_vae = call_queue.wrap_queued_call(_reload_vae_of_loaded_model)
+    options = {}
+    for setting in settings.SETTINGS:
+        refresh = None
+        if setting.lists_webui_vaes:  # choices read when the page is built, with a refresh button
+            component, args = gr.Dropdown, functools.partial(_vae_choices, setting)
+            refresh = getattr(shared_items, "refresh_vae_list", None)
+        elif setting.kind == "checkbox":
+            component, args = gr.Checkbox, None
+        else:
+            component = gr.Dropdown if setting.kind == "dropdown" else gr.Radio
+            args = {"choices": list(setting.choices)}
+        options[setting.key] = shared.OptionInfo(
+            setting.default,
+            setting.label,
+            component,
+            args,
+            onchange=reload_vae if setting.reloads_vae else None,
+            refresh=refresh,
+            infotext=setting.infotext,
+        ).info(setting.info)
+    shared.options_templates.update(shared.options_section(section, options))
+    for key, info in options.items():
+        # options_templates is opts.data_labels only until the settings UI reorders it (Reload UI).
+        shared.opts.add_option(key, info)
+        # v1.6's add_option leaves opts.data alone: GET /sdapi/v1/options lists opts.data only, and
+        # override_settings looks keys up there.
+        shared.opts.data.setdefault(key, info.default)
+
+
+def _vae_choices(setting: settings.Setting) -> dict[str, Any]:
+    from modules import sd_vae
+
+    return {"choices": setting.choices_with(sd_vae.vae_dict)}
+
+
+def _reload_vae_of_loaded_model() -> None:
+    from modules import sd_models, sd_vae
+
+    model = sd_models.model_data.sd_model  # not shared.sd_model: that would load a checkpoint
+    if model is not None:
+        sd_vae.reload_vae_weights(model)
+
+
+def _infotext_pasted(_text: str, params: dict[str, Any]) -> None:
+    infotext.pasted_values(params, vae_automatic=settings.VAE_AUTOMATIC)
+
+
+# which VAE ----------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=256)
+def _describe_vae_cached(name: str, path: str, mtime_ns: int, size: int) -> vae_choice.VaeFile:
+    return vae_choice.describe_vae_file(name, path)
+
+
+def _describe_vae(name: str, path: str) -> vae_choice.VaeFile:
+    try:
+        stat = os.stat(path)
+    except OSError as error:
+        return vae_choice.VaeFile(name, path, problem=f"cannot be read: {error.strerror or error}")
+    return _describe_vae_cached(name, path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _fingerprint_cached(path: str, mtime_ns: int, size: int) -> str | None:
+    try:
+        return vae_nan.file_fingerprint(path)
+    except CheckpointError:
+        return None
+
+
+def _checkpoint_vae_fingerprint(path: str) -> str | None:
+    stat = os.stat(path)
+    return _fingerprint_cached(path, stat.st_mtime_ns, stat.st_size)
+
+
+def _scope_detection(checkpoint_file: str | None, values: settings.Values) -> Detection | None:
+    """The detection of an SDXL-family checkpoint our settings apply to; None for the host's own."""
+    if not checkpoint_file or not str(checkpoint_file).lower().endswith(".safetensors"):
+        return None
+    try:
+        detection = detect_checkpoint_file(checkpoint_file)
+    except (CheckpointError, LayoutError, NotSdxlFamily):
+        return None
+    return detection if values.applies_to(sdxl_family=True, distilled=detection.distilled) else None
+
+
+def decide_vae(checkpoint_file: str | None) -> vae_choice.VaeDecision | vae_choice.VaeRefusal | None:
+    """The VAE (and precision) for ``checkpoint_file``, or None where our settings do not apply."""
+    values = read_settings()
+    detection = _scope_detection(checkpoint_file, values)
+    if detection is None or checkpoint_file is None:
+        return None
+    from modules import devices, extra_networks, paths, sd_vae, shared
+
+    opts, cmd_opts = shared.opts, shared.cmd_opts
+    near = sd_vae.find_vae_near_checkpoint(checkpoint_file)
+    taesd = os.path.join(paths.models_path, vae_nan.TAESD_DIR)
+    has_vae = detection.components.vae
+    return vae_choice.resolve_vae(
+        checkpoint=os.path.basename(checkpoint_file),
+        checkpoint_has_vae=has_vae,
+        setting=values.vae,
+        precision=values.vae_precision,
+        available=[_describe_vae(name, path) for name, path in sd_vae.vae_dict.items()],
+        taesd=vae_choice.TaesdFiles(
+            decoder=os.path.isfile(os.path.join(taesd, vae_nan.TAESDXL_DECODER)),
+            encoder=os.path.isfile(os.path.join(taesd, vae_nan.TAESDXL_ENCODER)),
+        ),
+        device=vae_choice.DeviceCaps.of(devices.device, no_half_vae=bool(cmd_opts.no_half or cmd_opts.no_half_vae)),
+        webui=vae_choice.WebuiVae(
+            sd_vae=opts.sd_vae,
+            overrides_per_model=opts.sd_vae_overrides_per_model_preferences,
+            preferred=extra_networks.get_user_metadata(checkpoint_file).get("vae"),
+            near_checkpoint=os.path.basename(near) if near else None,
+            commandline_path=cmd_opts.vae_path,
+        ),
+        checkpoint_vae_fingerprint=_checkpoint_vae_fingerprint(checkpoint_file) if has_vae else None,
+        models_dir=paths.models_path,
+    )
+
+
+def _model_file(model: Any) -> str | None:
+    return getattr(getattr(model, "sd_checkpoint_info", None), "filename", None)
+
+
+def _announce(decision: vae_choice.VaeDecision) -> None:
+    """The decision's console line (and its notes), once per distinct decision."""
+    for line in (decision.reason, *decision.notes):
+        if line not in _announced:
+            _announced.add(line)
+            log(line)
+
+
+def _resolve_vae(original: Callable[..., Any], checkpoint_file: str, *args: Any, **kwargs: Any) -> Any:
+    """``sd_vae.resolve_vae``: in scope, the file our decision names (the host would load zeros)."""
+    resolution = original(checkpoint_file, *args, **kwargs)
+    decision = decide_vae(checkpoint_file)
+    if not isinstance(decision, vae_choice.VaeDecision):
+        return resolution  # not ours, or a refusal: that one stops the generation, not the load
+    _announce(decision)
+    if decision.source is not vae_choice.VaeSource.FILE or resolution.vae == decision.path:
+        return resolution
+    return type(resolution)(decision.path, f"from SSD-1B ({decision.chosen_by})")
+
+
+# the generation -----------------------------------------------------------------------------------
+
+
+def toast(message: str | None) -> None:
+    """A toast in the web UI (gradio's Warning, from inside an event); nothing for API calls."""
+    if not message:
+        return
+    try:
+        import gradio
+    except ImportError:
+        return
+    warning = getattr(gradio, "Warning", None)
+    if warning is not None:
+        import warnings
+
+        with warnings.catch_warnings():  # outside a gradio event it would be a Python warning
+            warnings.simplefilter("ignore")
+            warning(f"SSD-1B: {message}")
+
+
+def _tell(message: str) -> None:
+    """One console line and one toast per generation for the same message."""
+    if _active is not None:
+        if message in _active.told:
+            return
+        _active.told.add(message)
+    log(message.removeprefix("SSD-1B: "))
+    toast(message.removeprefix("SSD-1B: "))
+
+
+def _record(notes: list[infotext.RecoveryNote]) -> None:
+    if _active is None or not notes:
+        return
+    _active.notes.extend(notes)
+    _active.p.extra_generation_params[infotext.KEY_NAN_RECOVERY] = infotext.format_recovery(_active.notes)
+
+
+def begin_generation(p: Any) -> None:
+    """Script.process: load the decided VAE before the first decode and put it into the infotext."""
+    global _active
+    from modules import sd_vae, shared
+
+    _active = None
+    model = shared.sd_model
+    decision = decide_vae(_model_file(model))
+    if decision is None:
+        return
+    _active = _Generation(p)
+    if isinstance(decision, vae_choice.VaeRefusal):
+        return  # raised from sample(), outside the script runner that would only log it
+    _announce(decision)
+    if decision.source is not vae_choice.VaeSource.TAESD_XL:
+        expected = decision.path if decision.source is vae_choice.VaeSource.FILE else None
+        if sd_vae.loaded_vae_file != expected:  # e.g. the file was added after the checkpoint loaded
+            sd_vae.reload_vae_weights(model)
+            # The host read these for the infotext's "VAE" and "VAE hash" before Script.process.
+            p.sd_vae_name, p.sd_vae_hash = sd_vae.get_loaded_vae_name(), sd_vae.get_loaded_vae_hash()
+    p.extra_generation_params.update(decision.infotext())
+
+
+def end_generation(p: Any) -> None:
+    global _active
+    if _active is not None and _active.p is p:
+        _active = None
+
+
+def _nan_recovery() -> vae_nan.NanRecovery:
+    global _recovery
+    if _recovery is None:
+        from modules import devices, paths_internal
+
+        store = vae_nan.PrecisionStore(os.path.join(paths_internal.data_path, DATA_FOLDER))
+        _recovery = vae_nan.NanRecovery(store, vae_choice.bf16_is_fast(devices.device), report=_report_event)
+    return _recovery
+
+
+def _report_event(event: vae_nan.NanEvent) -> None:
+    log(event.console_line().removeprefix("SSD-1B: "))
+    toast(event.toast())
+
+
+@contextlib.contextmanager
+def _vae_in(module: Any, precision: settings.Precision) -> Iterator[None]:
+    """The VAE module and the host's ``dtype_vae`` in ``precision`` for one call, then as they were.
+
+    ``dtype_vae`` goes along because the host casts the latent (decode) and the whole VAE (encode)
+    to it inside the call.
+    """
+    from modules import devices
+
+    saved = devices.dtype_vae
+    devices.dtype_vae = vae_nan.DTYPES[precision]
+    try:
+        with vae_nan.module_precision(module, precision):
+            yield
+    finally:
+        devices.dtype_vae = saved
+
+
+def _run_vae(
+    call: Callable[[], Any],
+    module: Any,
+    stage: vae_nan.Stage,
+    decision: vae_choice.VaeDecision,
+    policy: settings.NanPolicy,
+    inputs: Any,
+) -> Any:
+    recovery = _nan_recovery()
+    try:
+        with _vae_in(module, decision.precision):
+            return recovery.run(
+                call,
+                stage=stage,
+                vae=decision.identity(),
+                precision=decision.precision,
+                with_precision=functools.partial(_vae_in, module),
+                policy=policy,
+                learn=decision.precision_auto,
+                inputs=inputs,
+            )
+    finally:
+        _record(recovery.take_notes())
+
+
+def _taesd(stage: vae_nan.Stage) -> Any:
+    """The host's TAESD-XL decoder or encoder module (it picks the XL files for SDXL-family models)."""
+    from modules import paths, sd_vae_taesd
+
+    decoder = stage is vae_nan.Stage.DECODE
+    try:
+        return sd_vae_taesd.decoder_model() if decoder else sd_vae_taesd.encoder_model()
+    except Exception as error:  # the host downloads missing files: offline that fails in several ways
+        file = vae_nan.TAESDXL_DECODER if decoder else vae_nan.TAESDXL_ENCODER
+        folder = os.path.join(paths.models_path, vae_nan.TAESD_DIR)
+        raise VaeUnavailable(
+            f"TAESD-XL needs {file} in {folder}, and the webui could not get it ({error}). "
+            f"Download it from {vae_nan.TAESD_URL} into that folder, or choose another VAE in Settings → SSD-1B."
+        ) from error
+
+
+def _in_scope_vae(model: Any, full_vae: bool) -> vae_choice.VaeDecision | None:
+    """The decision for ``model``; None where the host's own handling applies: out of scope, or
+    ``full_vae`` False (the user chose the host's TAESD method, which needs no VAE weights)."""
+    if not full_vae:
+        return None
+    decision = decide_vae(_model_file(model))
+    if isinstance(decision, vae_choice.VaeRefusal):
+        _tell(decision.message)
+        raise VaeUnavailable(decision.message)  # never decode gray
+    return decision
+
+
+def _decode_first_stage(original: Callable[..., Any], model: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
+    from modules import shared
+
+    decision = _in_scope_vae(model, shared.opts.sd_vae_decode_method == "Full")
+    if decision is None:
+        return original(model, x, *args, **kwargs)
+    policy = read_settings().nan_decode
+    if decision.source is vae_choice.VaeSource.TAESD_XL:
+        decoder = _taesd(vae_nan.Stage.DECODE)
+        call = functools.partial(vae_nan.taesd_decode, decoder, x)
+        return _run_vae(call, decoder, vae_nan.Stage.DECODE, decision, policy, x)
+    call = functools.partial(original, model, x, *args, **kwargs)
+    return _run_vae(call, model.first_stage_model, vae_nan.Stage.DECODE, decision, policy, x)
+
+
+def _images_tensor_to_samples(
+    original: Callable[..., Any], image: Any, approximation: Any = None, model: Any = None, *args: Any, **kwargs: Any
+) -> Any:
+    from modules import sd_samplers_common, shared
+
+    target = model if model is not None else shared.sd_model
+    if approximation is None:
+        approximation = sd_samplers_common.approximation_indexes.get(shared.opts.sd_vae_encode_method, 0)
+    call = functools.partial(original, image, approximation, model, *args, **kwargs)
+    decision = _in_scope_vae(target, approximation == 0)  # 0: "Full"
+    if decision is None:
+        return call()
+    policy = read_settings().nan_encode
+    if decision.source is vae_choice.VaeSource.TAESD_XL:
+        encoder = _taesd(vae_nan.Stage.ENCODE)
+        call = functools.partial(vae_nan.taesd_encode, encoder, image)
+        return _run_vae(call, encoder, vae_nan.Stage.ENCODE, decision, policy, image)
+    return _run_vae(call, target.first_stage_model, vae_nan.Stage.ENCODE, decision, policy, image)
+
+
+def _observe_step(params: Any) -> None:
+    """on_cfg_denoised: one reduction on the device, no sync (read once after sampling)."""
+    if _watch is not None:
+        _watch.observe(params.x, params.sampling_step)
+
+
+@contextlib.contextmanager
+def _unet_remedy(model: Any, remedy: vae_nan.UnetRemedy) -> Iterator[None]:
+    from modules import devices, shared
+
+    if remedy is vae_nan.UnetRemedy.UPCAST_ATTENTION:
+        # The host's attention code reads opts.upcast_attn on every call; set without saving.
+        data = shared.opts.data
+        had, saved = "upcast_attn" in data, data.get("upcast_attn")
+        data["upcast_attn"] = True
+        try:
+            yield
+        finally:
+            if had:
+                data["upcast_attn"] = saved
+            else:
+                data.pop("upcast_attn", None)
+        return
+    saved_dtype = devices.dtype_unet
+    devices.dtype_unet = vae_nan.DTYPES[settings.Precision.FP32]  # the host casts inputs and timesteps to it
+    try:
+        with vae_nan.module_forward_precision(model.model.diffusion_model, settings.Precision.FP32):
+            yield
+    finally:
+        devices.dtype_unet = saved_dtype
+
+
+def _noise_rewinder(p: Any) -> Callable[[], None]:
+    """Puts back a fresh copy of the batch's noise generator (p.rng, v1.6+), so a redo gets the same noise."""
+    rng = getattr(p, "rng", None)
+    fields = ("shape", "seeds", "subseeds", "subseed_strength", "seed_resize_from_h", "seed_resize_from_w")
+    if rng is None or not all(hasattr(rng, name) for name in fields):
+        return lambda: None
+    arguments = {name: getattr(rng, name) for name in fields}
+    shape, seeds = arguments.pop("shape"), arguments.pop("seeds")
+
+    def rewind() -> None:
+        p.rng = type(rng)(shape, seeds, **arguments)
+
+    return rewind
+
+
+def _sample(original: Callable[..., Any], p: Any, *args: Any, **kwargs: Any) -> Any:
+    """``p.sample``: refuse before sampling when there is no VAE; redo a UNet NaN with the same noise."""
+    global _watch
+    from modules import devices, shared
+
+    model = shared.sd_model
+    values = read_settings()
+    if _scope_detection(_model_file(model), values) is None:
+        return original(p, *args, **kwargs)
+    _in_scope_vae(model, shared.opts.sd_vae_decode_method == "Full")  # a refusal stops here, before sampling
+    policy = values.nan_unet
+    if policy is settings.NanPolicy.OFF:
+        return original(p, *args, **kwargs)
+    unet = model.model.diffusion_model
+    init_latent = getattr(p, "init_latent", None)
+    state = shared.state
+    _watch = vae_nan.StepWatch()
+    try:
+        samples, recovery = vae_nan.sample_with_recovery(
+            lambda: original(p, *args, **kwargs),
+            watch=_watch,
+            policy=policy,
+            remedy=functools.partial(_unet_remedy, model),
+            rewind=_noise_rewinder(p),
+            unet_precision=vae_nan.precision_of(next(unet.parameters()).dtype),
+            attention_upcast=bool(getattr(shared.opts, "upcast_attn", False)),
+            nan_errors=(devices.NansException,),
+            input_nonfinite=lambda: init_latent is not None and not vae_nan.all_finite(init_latent),
+            stopped=lambda: bool(state.interrupted or state.skipped or getattr(state, "stopping_generation", False)),
+        )
+    finally:
+        _watch = None
+    if recovery is not None:
+        _tell(recovery.message)
+        _record([recovery.note])
+    return samples
+
+
+def _patched_sample_classes() -> list[type]:
+    from modules import processing
+
+    names = ("StableDiffusionProcessingTxt2Img", "StableDiffusionProcessingImg2Img")
+    classes = [getattr(processing, name, None) for name in names]
+    return [cls for cls in classes if cls is not None and "sample" in vars(cls)]
+
+
+def install_vae_and_nan_safety() -> None:
+    """Settings, VAE resolution, NaN-safe decode/encode and sampling (scripts/ wires it; idempotent)."""
+    global _active, _watch, _recovery
+    from modules import processing, script_callbacks, sd_vae
+
+    _active, _watch, _recovery = None, None, None  # a new host (tests) or a reload starts afresh
+    _announced.clear()
+    register_settings()
+    _patch(sd_vae, "resolve_vae", _resolve_vae)
+    _patch(processing, "decode_first_stage", _decode_first_stage)
+    _patch(processing, "images_tensor_to_samples", _images_tensor_to_samples)
+    for cls in _patched_sample_classes():
+        _patch(cls, "sample", _sample)
+    script_callbacks.on_cfg_denoised(_observe_step)
+    script_callbacks.on_infotext_pasted(_infotext_pasted)
+
+
+def make_safety_script_class() -> type:
+    """The always-on Script that opens and closes a generation's record (scripts/ wires it)."""
+    from modules import scripts
+
+    class Ssd1bSafetyScript(scripts.Script):
+        def title(self) -> str:
+            return SAFETY_SCRIPT_TITLE
+
+        def show(self, is_img2img: bool) -> Any:
+            return scripts.AlwaysVisible
+
+        def process(self, p: Any, *args: Any) -> None:
+            begin_generation(p)
+
+        def postprocess(self, p: Any, processed: Any, *args: Any) -> None:
+            end_generation(p)
+
+    return Ssd1bSafetyScript

@@ -6,6 +6,7 @@ exactly like the SDXL VAE's up-blocks or an fp16 attention's Q·Kᵀ: bf16 and f
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -36,9 +37,11 @@ from extensions_ssd1b.vae_nan import (
     checksum,
     file_fingerprint,
     fingerprint_sources,
+    module_forward_precision,
     module_precision,
     precision_of,
     safer_precisions,
+    sample_with_recovery,
     taesd_decode,
     taesd_encode,
     unet_latent_from_vae_latent,
@@ -672,6 +675,137 @@ def test_unet_plan_for_each_policy() -> None:
     assert from_encode.remedy is None and "VAE encode" in from_encode.message
     note = unet_note(bad, Precision.FP16, UnetRemedy.UPCAST_ATTENTION)
     assert infotext.format_recovery([note]) == "unet fp16->upcast-attention at step 4"
+
+
+class HostNans(Exception):
+    """Stands for the host's NansException (raised inside sampling by A1111 up to v1.9)."""
+
+
+def remedies_for(model: TinyDenoiser, entered: list[UnetRemedy]):
+    """The host adapter's remedies for the toy model: the upcast switch, or the whole model in fp32."""
+
+    @contextlib.contextmanager
+    def remedy(which: UnetRemedy):
+        entered.append(which)
+        if which is UnetRemedy.UPCAST_ATTENTION:
+            model.upcast_attention = True
+            try:
+                yield
+            finally:
+                model.upcast_attention = False
+        else:
+            with module_forward_precision(model, Precision.FP32):
+                yield
+
+    return remedy
+
+
+def test_sampling_is_redone_with_remedies_that_add_up_and_are_left_after() -> None:
+    model = TinyDenoiser(attention_gain=0.01, ff_gain=600.0).half()
+    reference = sample(copy.deepcopy(model).float(), StepWatch())
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    watch, entered, rewinds = StepWatch(), [], []
+
+    result, recovery = sample_with_recovery(
+        lambda: sample(model, watch),
+        watch=watch,
+        policy=NanPolicy.RECOVER,
+        remedy=remedies_for(model, entered),
+        rewind=lambda: rewinds.append(1),
+        unet_precision=Precision.FP16,
+    )
+
+    assert entered == [UnetRemedy.UPCAST_ATTENTION, UnetRemedy.UNET_FP32] and len(rewinds) == 2
+    assert torch.equal(result, reference)
+    assert recovery is not None and recovery.fixed and "the UNet in fp32" in recovery.message
+    step = first_overflowing_step(TinyDenoiser(attention_gain=0.01, ff_gain=600.0).half())
+    assert recovery.note.text() == f"unet fp16->fp32 at step {step}"
+    # Left as it was: the decode after sampling runs as configured.
+    assert not model.upcast_attention and "forward" not in vars(model)
+    assert all(torch.equal(v, weights[k]) and v.dtype == torch.float16 for k, v in model.state_dict().items())
+
+
+def test_a_finite_sampling_run_is_returned_as_is() -> None:
+    model = TinyDenoiser(attention_gain=0.01).half()
+    watch = StepWatch()
+    remedy = remedies_for(model, entered := [])
+    result, recovery = sample_with_recovery(
+        lambda: sample(model, watch), watch=watch, policy=NanPolicy.RECOVER, remedy=remedy, rewind=lambda: None,
+        unet_precision=Precision.FP16,
+    )  # fmt: skip
+    assert recovery is None and entered == [] and all_finite(result)
+
+
+def host_sampler(model: TinyDenoiser, watch: StepWatch) -> torch.Tensor:
+    """The toy sampler with a host check that raises from inside sampling (A1111 ≤ v1.9)."""
+    x = sample(model, watch)
+    if not torch.isfinite(x).all():
+        raise HostNans("A tensor with all NaNs was produced in Unet.")
+    return x
+
+
+@pytest.mark.parametrize(
+    ("policy", "stopped", "redone"),
+    [(NanPolicy.RECOVER, False, True), (NanPolicy.WARN, False, False), (NanPolicy.RECOVER, True, False)],
+)
+def test_the_hosts_own_nan_exception_counts_as_nan(policy: NanPolicy, stopped: bool, redone: bool) -> None:
+    model = TinyDenoiser(attention_gain=1.0).half()  # fixed by upcasting attention
+    watch, entered = StepWatch(), []
+    run = contextlib.nullcontext() if redone else pytest.raises(HostNans)
+    with run:
+        result, recovery = sample_with_recovery(
+            lambda: host_sampler(model, watch),
+            watch=watch,
+            policy=policy,
+            remedy=remedies_for(model, entered),
+            rewind=lambda: None,
+            unet_precision=Precision.FP16,
+            nan_errors=(HostNans,),
+            stopped=lambda: stopped,
+        )
+    assert bool(entered) == redone
+    if redone:
+        assert all_finite(result) and recovery is not None and recovery.fixed
+
+
+def test_nan_in_the_input_latent_is_not_redone() -> None:
+    model = TinyDenoiser(attention_gain=1.0).half()
+    watch, entered = StepWatch(), []
+    result, recovery = sample_with_recovery(
+        lambda: sample(model, watch), watch=watch, policy=NanPolicy.RECOVER, remedy=remedies_for(model, entered),
+        rewind=lambda: None, unet_precision=Precision.FP16, input_nonfinite=lambda: True,
+    )  # fmt: skip
+    assert entered == [] and not all_finite(result)
+    assert recovery is not None and not recovery.fixed and "VAE encode" in recovery.message
+    assert recovery.note.after == infotext.UNRECOVERED
+
+
+def test_forward_precision_casts_inputs_and_keeps_an_existing_forward_override() -> None:
+    layer = nn.Linear(4, 4).half()
+    seen: list[torch.dtype] = []
+    original = layer.forward
+
+    def instance_forward(x: torch.Tensor, *, scale: torch.Tensor) -> torch.Tensor:  # e.g. ControlNet's
+        seen.append(x.dtype)
+        return original(x) * scale
+
+    layer.forward = instance_forward
+    x, scale = torch.randn(2, 4).half(), torch.tensor(2.0, dtype=torch.float16)
+    with module_forward_precision(layer, Precision.FP32):
+        out = layer(x, scale=scale)
+        assert layer.weight.dtype == torch.float32
+    assert seen == [torch.float32] and out.dtype == torch.float32
+    assert layer.forward is instance_forward and layer.weight.dtype == torch.float16
+
+
+def test_a_finite_decode_is_checked_once_even_with_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    harness = Harness(make_recovery(tmp_path, []), OverflowVae().half())
+    checked: list[torch.Size] = []
+    real = all_finite
+    monkeypatch.setattr("extensions_ssd1b.vae_nan.all_finite", lambda x: checked.append(x.shape) or real(x))
+    z = latent("none")
+    harness.decode(z, inputs=z)
+    assert len(checked) == 1 and checked[0] != z.shape  # the image, not the latent
 
 
 # --- TAESD-XL scaling ----------------------------------------------------------------------------------

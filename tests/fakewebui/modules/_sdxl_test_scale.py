@@ -212,15 +212,35 @@ class Encoder(nn.Module):
         return self.conv_out(nn.functional.silu(self.norm_out(h)))
 
 
-class Decoder(nn.Module):
-    """``decoder.conv_in`` → ``up.{i}.upsample.conv`` (after 2x nearest) → ``norm_out`` → ``conv_out``."""
+class ResnetBlock(nn.Module):
+    """``conv1`` and ``conv2`` with a skip (the real block also has norms): zero weights pass ``x`` through."""
 
-    def __init__(self, *, ch, ch_mult, out_ch, z_channels, **_):
+    def __init__(self, ch):
+        super().__init__()
+        self.conv1 = _conv(ch, ch)
+        self.conv2 = _conv(ch, ch)
+
+    def forward(self, x):
+        return x + self.conv2(nn.functional.silu(self.conv1(nn.functional.silu(x))))
+
+
+class Decoder(nn.Module):
+    """``decoder.conv_in`` → ``mid.block_1`` → per level ``up.{i}.block.{0..num_res_blocks}`` and
+    ``up.{i}.upsample.conv`` (after 2x nearest) → ``norm_out`` → ``conv_out``.
+
+    The real decoder's key names where tools look for them (``mid.block_1.conv1`` tells an LDM VAE
+    file, ``up.0.block.2.conv2`` is in the VAE fingerprint), at one width.
+    """
+
+    def __init__(self, *, ch, ch_mult, out_ch, z_channels, num_res_blocks=2, **_):
         super().__init__()
         self.conv_in = _conv(z_channels, ch)
+        self.mid = nn.Module()
+        self.mid.block_1 = ResnetBlock(ch)
         self.up = nn.ModuleList()
         for _level in range(len(ch_mult) - 1):
             block = nn.Module()
+            block.block = nn.ModuleList(ResnetBlock(ch) for _ in range(num_res_blocks + 1))
             block.upsample = nn.Module()
             block.upsample.conv = _conv(ch, ch)
             self.up.append(block)
@@ -228,9 +248,11 @@ class Decoder(nn.Module):
         self.conv_out = _conv(ch, out_ch)
 
     def forward(self, z):
-        h = self.conv_in(z)
-        for block in self.up:
-            h = nn.functional.silu(block.upsample.conv(nn.functional.interpolate(h, scale_factor=2.0, mode="nearest")))
+        h = self.mid.block_1(self.conv_in(z))
+        for level in self.up:
+            for block in level.block:
+                h = block(h)
+            h = nn.functional.silu(level.upsample.conv(nn.functional.interpolate(h, scale_factor=2.0, mode="nearest")))
         return self.conv_out(nn.functional.silu(self.norm_out(h)))
 
 

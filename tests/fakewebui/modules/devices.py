@@ -69,12 +69,15 @@ def autocast(disable=False):
     if dtype == torch.float32 or shared.cmd_opts.precision == "full":
         return contextlib.nullcontext()
 
-    # the real one returns torch.autocast("cuda"); on CPU that only warns and does nothing
-    return contextlib.nullcontext()
+    # The real one returns torch.autocast("cuda"): fp16 matmuls and convs with fp32 inputs or weights
+    # wherever they meet.  The stand-in runs the same mixed precision on the CPU, so a half-precision
+    # host (no --no-half) generates there as it would on a GPU.
+    return torch.autocast("cpu", dtype=torch.float16)
 
 
 def without_autocast(disable=False):
-    return torch.autocast("cuda", enabled=False) if torch.is_autocast_enabled() and not disable else contextlib.nullcontext()
+    # the real one checks CUDA's autocast only; the stand-in's autocast is the CPU's
+    return torch.autocast("cpu", enabled=False) if torch.is_autocast_enabled("cpu") and not disable else contextlib.nullcontext()
 
 
 class NansException(Exception):

@@ -46,10 +46,17 @@ def zero_module(module):
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in fp32 and cast back (sgm's fp16-safe normalisation)."""
+    """GroupNorm computed in fp32 and cast back (sgm's fp16-safe normalisation).
+
+    The real one calls ``super().forward(x.float())`` and relies on CUDA's autocast, which runs
+    ``group_norm`` in fp32 with the weights cast too; the CPU's autocast does not, so the stand-in
+    casts the weights itself (a no-op for an fp32 model).
+    """
 
     def forward(self, x):
-        return super().forward(x.float()).type(x.dtype)
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return nn.functional.group_norm(x.float(), self.num_groups, weight, bias, self.eps).type(x.dtype)
 
 
 def normalization(channels):
