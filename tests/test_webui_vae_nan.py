@@ -515,6 +515,16 @@ def write_random_sdxl_vae(path: Path, seed: int = 0) -> Path:
     return path
 
 
+TINY_TXT2IMG = {
+    "prompt": "a lighthouse",
+    "steps": 1,
+    "width": 64,
+    "height": 64,
+    "sampler_name": "Euler",
+    "seed": 1,
+    # Offline: SDXL live previews ("Approx NN") would download vaeapprox-sdxl.pt before sampling.
+    "override_settings": {"live_previews_enable": False},
+}
 POSITION_EMBEDDINGS = (
     "conditioner.embedders.0.transformer.text_model.embeddings.position_embedding.weight",
     "conditioner.embedders.1.model.positional_embedding",
@@ -541,12 +551,36 @@ def give_text_encoders_a_mean(path: Path) -> None:
             handle.write(values.to(dtype).numpy().tobytes())
 
 
-@pytest.mark.webui
-def test_real_webui_settings_api_and_a_vae_less_checkpoint(real_webui, tmp_path: Path) -> None:
-    from modules import sd_models, sd_vae, shared
+def real_txt2img(client: Any, real_webui: Any) -> tuple[dict[str, str], torch.Tensor]:
+    """POST a tiny txt2img; the infotext's fields (as pasted back) and the image's pixels."""
     from PIL import Image
-    from starlette.testclient import TestClient
+
+    response = client.post("/sdapi/v1/txt2img", json=TINY_TXT2IMG)
+    assert response.status_code == 200, response.text
+    text = json.loads(response.json()["info"])["infotexts"][0]
+    fields = infotext.host_parse(text.splitlines()[-1], v16=not real_webui.version.startswith("1.1"))
+    infotext.pasted_values(fields)
+    return fields, pixels(Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0]))))
+
+
+@pytest.fixture(scope="module")
+def vae_less_checkpoint(real_webui) -> Path:
+    """A reduced-width SSD-1B (random UNet, full-size text encoders as a hole), no VAE, loaded."""
+    from modules import sd_models
     from test_webui_load import webui_scale, write_reduced_checkpoint
+
+    path, _ = write_reduced_checkpoint(real_webui.checkpoints_dir, "ssd-1b-no-vae", "ssd-1b", seed=0)
+    give_text_encoders_a_mean(path)
+    assert webui.detect_checkpoint_file(path).layout == webui_scale("ssd-1b")
+    real_webui.refresh()
+    sd_models.reload_model_weights(info=sd_models.checkpoint_aliases[path.name])
+    return path
+
+
+@pytest.mark.webui
+def test_real_webui_settings_api_and_a_vae_less_checkpoint(real_webui, vae_less_checkpoint: Path) -> None:
+    from modules import sd_vae, shared
+    from starlette.testclient import TestClient
 
     client = TestClient(real_webui.app())
     options = client.get("/sdapi/v1/options").json()
@@ -556,30 +590,41 @@ def test_real_webui_settings_api_and_a_vae_less_checkpoint(real_webui, tmp_path:
     saved = json.loads(Path(shared.config_filename).read_text())
     assert saved["ssd1b_nan_vae_encode"] == "Warn"
 
-    path, _ = write_reduced_checkpoint(real_webui.checkpoints_dir, "ssd-1b-no-vae", "ssd-1b", seed=0)
-    give_text_encoders_a_mean(path)
-    assert webui.detect_checkpoint_file(path).layout == webui_scale("ssd-1b")
-    real_webui.refresh()
-    sd_models.reload_model_weights(info=sd_models.checkpoint_aliases[path.name])
-    request = {"prompt": "a lighthouse", "steps": 1, "width": 64, "height": 64, "sampler_name": "Euler", "seed": 1}
-    # Offline: SDXL live previews ("Approx NN") would download vaeapprox-sdxl.pt before sampling.
-    request["override_settings"] = {"live_previews_enable": False}
-
-    refused = client.post("/sdapi/v1/txt2img", json=request)  # no VAE anywhere: stopped, with the message
+    refused = client.post("/sdapi/v1/txt2img", json=TINY_TXT2IMG)  # no VAE anywhere: stopped, with the message
     assert refused.status_code == 500 and FP16_FIX_FILE in refused.text and "taesdxl_decoder.pth" in refused.text
 
     write_random_sdxl_vae(Path(sd_vae.vae_path) / VAE_NAME)
     assert client.post("/sdapi/v1/refresh-vae").status_code == 200
-    response = client.post("/sdapi/v1/txt2img", json=request)
-    assert response.status_code == 200, response.text
-    info = json.loads(response.json()["info"])["infotexts"][0]
-    fields = infotext.host_parse(info.splitlines()[-1], v16=not real_webui.version.startswith("1.1"))
-    infotext.pasted_values(fields)
+    fields, image = real_txt2img(client, real_webui)
     assert fields[infotext.KEY_VAE] == VAE_NAME and fields["VAE"] == VAE_NAME
     assert fields[infotext.KEY_VAE_PRECISION] == "fp32"
     assert sd_vae.loaded_vae_file == str(Path(sd_vae.vae_path) / VAE_NAME)
-    image = Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0])))
-    assert pixels(image.convert("L")).std() > 1, "a flat image is the empty-VAE bug"
+    assert image.std() > 1, "a flat image is the empty-VAE bug"
+
+
+@pytest.mark.webui
+def test_real_webui_taesd_xl_decodes_like_its_own_taesd(real_webui, vae_less_checkpoint: Path) -> None:
+    from modules import paths, sd_vae_taesd
+    from starlette.testclient import TestClient
+
+    folder = Path(paths.models_path) / vae_nan.TAESD_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    # The user's file, in the legacy format the published .pth files have: the webui's safe unpickler
+    # (modules/safe.py) rejects the entries a zip written by this torch adds, and then loads None.
+    weights = sd_vae_taesd.decoder().state_dict()
+    torch.save(weights, folder / vae_nan.TAESDXL_DECODER, _use_new_zipfile_serialization=False)
+    client = TestClient(real_webui.app())
+    try:
+        assert client.post("/sdapi/v1/options", json={"ssd1b_vae": "TAESD-XL"}).status_code == 200
+        ours, ours_image = real_txt2img(client, real_webui)
+        assert ours[infotext.KEY_VAE] == "TAESD-XL"
+        client.post("/sdapi/v1/options", json={"sd_vae_decode_method": "TAESD"})  # the host's own TAESD path
+        host, host_image = real_txt2img(client, real_webui)
+        assert host.get("VAE Decoder") == "TAESD"
+        assert ours_image.std() > 1 and torch.equal(ours_image, host_image)  # same latent scaling, same image
+    finally:
+        client.post("/sdapi/v1/options", json={"ssd1b_vae": "Automatic", "sd_vae_decode_method": "Full"})
 
 
 @pytest.mark.webui
