@@ -36,7 +36,7 @@ from typing import Any
 from . import __version__, infotext, settings, vae_choice, vae_nan
 from .detect import LDM_UNET_PREFIX, OTHER_MODEL_KINDS, Detection, Form, compare_shapes, detect
 from .errors import CheckpointError, LayoutError, NotSdxlFamily, Ssd1bError
-from .families import CUSTOM_DISTILLED, match_family
+from .families import match_family
 from .layout import (
     UNetLayout,
     layout_from_dict,
@@ -406,9 +406,6 @@ def inspect_listed_checkpoint(title: str) -> dict[str, Any]:
     }
 
 
-ARCH_INFOTEXT_KEY = "SSD-1B arch"
-
-
 def make_script_class() -> type:
     """The always-on Script that records the UNet family in the infotext (scripts/ wires it)."""
     from modules import scripts, shared
@@ -424,7 +421,8 @@ def make_script_class() -> type:
             layout = loaded_unet_layout(shared.sd_model)
             if layout is not None:
                 family = match_family(layout)
-                p.extra_generation_params[ARCH_INFOTEXT_KEY] = family.name if family else CUSTOM_DISTILLED
+                # the family key ("ssd-1b", "custom"): stable across versions and locales
+                p.extra_generation_params[infotext.KEY_ARCH] = infotext.format_arch(family.key if family else "custom")
 
     return Ssd1bScript
 

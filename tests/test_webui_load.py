@@ -155,4 +155,4 @@ def test_full_size_ssd1b_loads_at_its_true_shape_and_generates_an_image(webui):
     assert image.size == (64, 64)
     assert math.isfinite(pixels.sum().item())
     assert pixels.std().item() > 0, "a uniform image is the empty-VAE bug, not a decode"
-    assert "SSD-1B" in response.json()["info"]
+    assert "SSD-1B arch: ssd-1b" in response.json()["info"]
