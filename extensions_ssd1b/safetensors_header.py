@@ -16,6 +16,7 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import CheckpointError
 
@@ -28,8 +29,7 @@ DTYPE_SIZES: Mapping[str, int] = {
 }  # fmt: skip
 
 
-@dataclass(frozen=True)
-class TensorInfo:
+class TensorInfo(NamedTuple):  # a tuple: thousands are made per header, and tuples are cheap
     dtype: str
     shape: tuple[int, ...]
     begin: int  # byte offset relative to the start of the data section
@@ -124,6 +124,21 @@ def parse_header(path: Path, raw: bytes, file_size: int) -> SafetensorsHeader:
 
 
 def _tensor_info(path: Path, name: str, entry: object, data_size: int) -> TensorInfo:
+    # Fast path for a well-formed entry (C-level checks only); anything else gets the detailed checks.
+    try:
+        dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]  # type: ignore[index]
+        if (
+            type(shape) is list
+            and set(map(type, shape)) <= {int}
+            and min(shape, default=0) >= 0
+            and type(begin) is int
+            and type(end) is int
+            and 0 <= begin <= end <= data_size
+            and end - begin == math.prod(shape) * DTYPE_SIZES[dtype]
+        ):
+            return TensorInfo(dtype, tuple(shape), begin, end)
+    except (TypeError, KeyError, ValueError):
+        pass
     if not isinstance(entry, dict):
         raise CheckpointError(path, f"tensor {name!r}: entry is not an object")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
