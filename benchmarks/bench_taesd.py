@@ -20,8 +20,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -29,7 +27,7 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_nan_check import DTYPES, SDXL_VAE_CONFIG
+from benchmarks.bench_nan_check import DTYPES, SDXL_VAE_CONFIG, fmt, seconds
 from extensions_ssd1b.settings import NanPolicy, Precision
 from extensions_ssd1b.vae_nan import (
     NanRecovery,
@@ -52,27 +50,6 @@ class Clamp(nn.Module):
 def webui_taesd_decoder(tiny: nn.Module) -> nn.Sequential:
     """The webui's decoder network (Clamp, conv, Blocks …) sharing diffusers' weights: [0, 1] out."""
     return nn.Sequential(Clamp(), *tiny.decoder.layers)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(run: Callable[[], object], device: torch.device, repeats: int) -> list[float]:
-    run()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def fmt(seconds: float) -> str:
-    return f"{seconds * 1e3:9.2f} ms" if seconds < 1 else f"{seconds:9.3f} s "
 
 
 def main() -> None:
@@ -99,8 +76,8 @@ def main() -> None:
     with torch.inference_mode():
         tiny = AutoencoderTiny().to(device, dtype).eval()
         full = AutoencoderKL(**SDXL_VAE_CONFIG).to(device, dtype).eval()
-        taesd = statistics.median(timed(lambda: tiny.decode(z).sample, device, repeats))
-        kl = statistics.median(timed(lambda: full.decode(z).sample, device, repeats if gpu else 1))
+        taesd = statistics.median(seconds(lambda: tiny.decode(z).sample, device, repeats, warmup=1))
+        kl = statistics.median(seconds(lambda: full.decode(z).sample, device, repeats if gpu else 1, warmup=1))
         print("| decoder | parameters | decode | ratio |")
         print("|---|---|---|---|")
         kl_params = sum(p.numel() for m in (full.post_quant_conv, full.decoder) for p in m.parameters())
@@ -135,8 +112,8 @@ def main() -> None:
             rounds = 20 if gpu else 6
             direct, wrapped = [], []
             for _ in range(rounds):  # interleaved, so drift in the machine hits both alike
-                direct += timed(webui_path, device, 1)
-                wrapped += timed(our_path, device, 1)
+                direct += seconds(webui_path, device, 1, warmup=1)
+                wrapped += seconds(our_path, device, 1, warmup=1)
         bare, ours = statistics.median(direct), statistics.median(wrapped)
         print(f"\n| TAESD path, {side}² | median of {rounds} | overhead |")
         print("|---|---|---|")
