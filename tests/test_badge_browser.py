@@ -17,12 +17,10 @@ only the inspect route.  ``BADGE_SCREENSHOTS=<dir>`` saves light and dark screen
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -35,6 +33,7 @@ import pytest
 
 from extensions_ssd1b.families import FAMILIES_BY_KEY
 from extensions_ssd1b.layout import unet_tensor_shapes
+from extensions_ssd1b.samples import TensorSpec, write_safetensors
 
 pytestmark = pytest.mark.webui
 
@@ -72,17 +71,9 @@ def unet(key: str, prefix: str = "model.diffusion_model.") -> dict[str, tuple[in
 
 
 def write_header_only(path: Path, shapes: Mapping[str, tuple[int, ...]]) -> None:
-    """A valid F16 safetensors file whose data section is a sparse hole (detection reads the header)."""
-    header, offset = {}, 0
-    for name, shape in shapes.items():
-        size = 2 * math.prod(shape)
-        header[name] = {"dtype": "F16", "shape": list(shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    raw = json.dumps(header).encode()
+    """A sparse F16 checkpoint (detection reads the header), swapped in atomically for the running server."""
     temporary = path.with_suffix(".tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(struct.pack("<Q", len(raw)) + raw)
-    os.truncate(temporary, 8 + len(raw) + offset)
+    write_safetensors(temporary, [TensorSpec(name, "F16", tuple(shape)) for name, shape in shapes.items()])
     os.replace(temporary, path)
 
 

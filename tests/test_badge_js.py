@@ -8,10 +8,7 @@ Skipped (with the reason) when ``node`` is not installed.
 from __future__ import annotations
 
 import json
-import math
-import os
 import shutil
-import struct
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +20,7 @@ from extensions_ssd1b.detect import LDM_UNET_PREFIX, OTHER_MODEL_KINDS
 from extensions_ssd1b.errors import NotSdxlFamily
 from extensions_ssd1b.families import FAMILIES_BY_KEY
 from extensions_ssd1b.layout import Middle, UNetLayout, unet_tensor_shapes
+from extensions_ssd1b.samples import TensorSpec, write_safetensors
 
 BADGE_JS = Path(__file__).resolve().parents[1] / "javascript" / "ssd1b_badge.js"
 NODE = shutil.which("node")
@@ -58,17 +56,8 @@ CUSTOM_LAYOUT = UNetLayout(((0, 0), (2, 2), (4, 4)), ((2, 2, 2), (2, 1, 1), (0, 
 
 
 def write_header_only(path: Path, shapes: Mapping[str, tuple[int, ...]]) -> Path:
-    """A valid F16 safetensors file whose data section is a sparse hole (detection reads the header)."""
-    header, offset = {}, 0
-    for name, shape in shapes.items():
-        size = 2 * math.prod(shape)
-        header[name] = {"dtype": "F16", "shape": list(shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    raw = json.dumps(header).encode()
-    with open(path, "wb") as handle:
-        handle.write(struct.pack("<Q", len(raw)) + raw)
-    os.truncate(path, 8 + len(raw) + offset)
-    return path
+    """A sparse F16 checkpoint: the real header, a hole for the data (detection reads the header)."""
+    return write_safetensors(path, [TensorSpec(name, "F16", tuple(shape)) for name, shape in shapes.items()])
 
 
 def unet(layout: UNetLayout, prefix: str = LDM_UNET_PREFIX) -> dict[str, tuple[int, ...]]:
