@@ -324,11 +324,11 @@ def _plan_components_file(header: SafetensorsHeader) -> tuple[list[Planned], dic
     return plan, found
 
 
-def _folder_part(root: Path, name: str, stem: str, dtype: str) -> _Tensors | None:
+def _folder_part(root: Path, name: str, stem: str, dtype: str, variant: str | None) -> _Tensors | None:
     folder = root / name
     if not folder.is_dir():
         return None
-    return _Tensors(_headers(weight_files(folder, stem, dtype)), f"{folder}")
+    return _Tensors(_headers(weight_files(folder, stem, dtype, variant)), f"{folder}")
 
 
 @dataclass
@@ -338,17 +338,20 @@ class Plan:
     sources: list[str]
 
 
-def plan_conversion(source: Path, components: Path | None, dtype: str) -> Plan:
-    """Decide every output tensor and where it comes from, reading headers only."""
+def plan_conversion(source: Path, components: Path | None, dtype: str, variant: str | None = None) -> Plan:
+    """Decide every output tensor and where it comes from, reading headers only.
+
+    ``dtype`` is the output's (it picks the weight variant of a folder) and ``variant`` a weight
+    variant to prefer over that ("fp16", "" for the plain files)."""
     sources: list[str] = []
     parts: dict[str, _Tensors | None] = {}
     if source.is_dir():
-        unet = _folder_part(source, "unet", "diffusion_pytorch_model", dtype)
+        unet = _folder_part(source, "unet", "diffusion_pytorch_model", dtype, variant)
         if unet is None:
             raise ConvertError(f"{source}: not a diffusers folder (no unet/ subfolder)")
-        parts["clip_l"] = _folder_part(source, "text_encoder", "model", dtype)
-        parts["clip_g"] = _folder_part(source, "text_encoder_2", "model", dtype)
-        parts["vae"] = _folder_part(source, "vae", "diffusion_pytorch_model", dtype)
+        parts["clip_l"] = _folder_part(source, "text_encoder", "model", dtype, variant)
+        parts["clip_g"] = _folder_part(source, "text_encoder_2", "model", dtype, variant)
+        parts["vae"] = _folder_part(source, "vae", "diffusion_pytorch_model", dtype, variant)
     elif source.is_file():
         unet = _Tensors([read_header(source)], str(source))
         parts = {"clip_l": None, "clip_g": None, "vae": None}

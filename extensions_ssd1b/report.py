@@ -26,6 +26,7 @@ from .components import (
     CLIP_G_REFINER_PREFIX,
     component_problems,
     find_components,
+    is_diffusers_folder,
     text_encoder_fit,
     weight_files,
 )
@@ -42,6 +43,7 @@ from .detect import (
 from .errors import CheckpointError, LayoutError, NotSdxlFamily, Ssd1bError
 from .families import FAMILIES_BY_KEY, Family
 from .layout import Middle, Shape, UNetLayout, layout_to_dict, parameter_count, unet_tensor_shapes
+from .pipeline_folder import pipeline_root
 from .safetensors_header import read_header
 
 SCHEMA_ID = "sd-webui-ssd1b/inspect/1"
@@ -365,7 +367,13 @@ def structure_problems(shapes: ShapeMap, detection: Detection | None) -> list[st
 
 def _notes(report: Report, detection: Detection) -> list[str]:
     notes = []
-    if detection.form is not Form.SINGLE_FILE and report["form"] != FORM_DIFFUSERS_FOLDER:
+    if detection.form is Form.DIFFUSERS_UNET and (root := pipeline_root(report["path"])) is not None:
+        notes.append(
+            f"the UNet of the diffusers folder {root}: with this extension, picking this file in the webui's "
+            f"checkpoint list loads the whole folder; or make one file: `python -m extensions_ssd1b convert {root} "
+            "OUT.safetensors`"
+        )
+    elif detection.form is not Form.SINGLE_FILE and report["form"] != FORM_DIFFUSERS_FOLDER:
         notes.append(
             "a bare UNet, not a webui checkpoint: make one with "
             "`python -m extensions_ssd1b convert UNET OUT.safetensors --components SDXL.safetensors`"
@@ -432,10 +440,6 @@ def _dtypes(items: Iterable[tuple[str, str]], unet_prefix: str | None) -> dict[s
     return {component: dict(c) for component, c in sorted(counts.items())}
 
 
-def is_diffusers_folder(path: Path) -> bool:
-    return (path / "unet").is_dir() and ((path / "model_index.json").is_file() or (path / "text_encoder_2").is_dir())
-
-
 def inspect_diffusers_folder(path: str | os.PathLike[str]) -> Report:
     """Inspect a diffusers SDXL-family folder from the headers of its unet/ weights."""
     started = time.perf_counter()
@@ -474,7 +478,10 @@ def inspect_diffusers_folder(path: str | os.PathLike[str]) -> Report:
             }
             for host in HOSTS
         ]
-        report["notes"] = [f"make a webui checkpoint: `python -m extensions_ssd1b convert {path} OUT.safetensors`"]
+        report["notes"] = [
+            f"make a webui checkpoint: `python -m extensions_ssd1b convert {path} OUT.safetensors`; or, with this "
+            "extension, put the folder under models/Stable-diffusion and pick its unet/diffusion_pytorch_model file"
+        ]
         report["ok"] = True
     report["problems"] = report["error"]["problems"] if report["error"] else []
     report["inspect_ms"] = (time.perf_counter() - started) * 1e3

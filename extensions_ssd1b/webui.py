@@ -18,6 +18,11 @@ How a distilled checkpoint is loaded:
 4. *Strict load* (``load_model_weights``): every UNet tensor of the file must be used and every
    UNet parameter must come from the file; otherwise the load fails naming the blocks.
 5. v1.7+: the host's SSD-1B pruning (``convert_sdxl_to_ssd``) is skipped for our UNets.
+
+A diffusers folder under ``models/Stable-diffusion`` is listed by the host as its
+``unet/diffusion_pytorch_model*.safetensors``; ``read_state_dict`` is wrapped so that picking it
+loads the whole folder (:mod:`extensions_ssd1b.pipeline_folder`), and every step above sees an
+ordinary single-file state dict.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from . import __version__, infotext, settings, vae_choice, vae_nan
+from . import __version__, infotext, pipeline_folder, settings, vae_choice, vae_nan
 from .detect import LDM_UNET_PREFIX, OTHER_MODEL_KINDS, Detection, Form, compare_shapes, detect
 from .errors import CheckpointError, LayoutError, NotSdxlFamily, Ssd1bError
 from .families import match_family
@@ -45,6 +50,7 @@ from .layout import (
     ldm_to_diffusers_names,
     parameter_count,
 )
+from .report import FORM_DIFFUSERS_FOLDER
 from .safetensors_header import read_header
 from .unet_builder import LAYOUT_ATTRIBUTE, build_unet, is_ssd1b_unet
 
@@ -72,17 +78,40 @@ def is_forge() -> bool:
     return importlib.util.find_spec("modules_forge") is not None
 
 
+@functools.lru_cache(maxsize=16)
+def _pipeline_cached(path: str, mtime_ns: int, size: int) -> pipeline_folder.PipelineCheckpoint:
+    return pipeline_folder.plan_pipeline(path)
+
+
 @functools.lru_cache(maxsize=64)
 def _detect_file_cached(path: str, mtime_ns: int, size: int) -> Detection:
+    if pipeline_folder.pipeline_root(path) is not None:
+        return detect(_pipeline_cached(path, mtime_ns, size).shapes())
     return detect(read_header(path).shapes())
 
 
-def detect_checkpoint_file(path: str | os.PathLike[str]) -> Detection:
-    """Detection from the safetensors header; cached per (path, mtime, size) so a load reads it once."""
+def _stat(path: str | os.PathLike[str]) -> os.stat_result:
     try:
-        stat = os.stat(path)
+        return os.stat(path)
     except OSError as error:
         raise CheckpointError(path, f"cannot be read: {error.strerror or error}") from None
+
+
+def pipeline_of(path: str | os.PathLike[str]) -> pipeline_folder.PipelineCheckpoint | None:
+    """The diffusers folder that loading ``path`` means, or None for an ordinary file (cached)."""
+    if pipeline_folder.pipeline_root(path) is None:
+        return None
+    stat = _stat(path)
+    try:
+        return _pipeline_cached(str(path), stat.st_mtime_ns, stat.st_size)
+    except NotSdxlFamily:  # an SD1/SD2 diffusers folder: the host's business, as before
+        return None
+
+
+def detect_checkpoint_file(path: str | os.PathLike[str]) -> Detection:
+    """Detection from the safetensors header (or, for a diffusers folder's UNet file, from the
+    whole folder's headers); cached per (path, mtime, size) so a load reads them once."""
+    stat = _stat(path)
     try:
         return _detect_file_cached(str(path), stat.st_mtime_ns, stat.st_size)
     except (LayoutError, NotSdxlFamily) as error:
@@ -115,11 +144,20 @@ def preflight(filename: str) -> Detection | None:
     try:
         detection = detect_checkpoint_file(filename)
     except NotSdxlFamily as error:
+        if part := pipeline_folder.component_folder(filename):
+            root, name = part
+            raise CheckpointError(
+                filename,
+                f"is the {name} of the diffusers folder {root}; pick its "
+                f"unet/{pipeline_folder.UNET_STEM}.safetensors to load the whole folder",
+            ) from None
         if error.kind in OTHER_MODEL_KINDS:
             return None
         raise CheckpointError(filename, f"cannot be loaded as a checkpoint: {error}") from None
     except LayoutError as error:
         raise CheckpointError(filename, f"inconsistent SDXL-family UNet: {error}") from None
+    if (pipeline := pipeline_of(filename)) is not None:
+        log(f"{filename}: the UNet of the diffusers folder {pipeline.root}; it loads as one {detection.family_name}")
     if not detection.distilled or host_builds_itself(detection.layout):
         return None
     if not (detection.components.clip_l and detection.components.clip_g):
@@ -160,6 +198,20 @@ def rename_diffusers_unet(state_dict: dict[str, Any], detection: Detection) -> N
     prefix = detection.unet_prefix
     for key in [k for k in state_dict if k.startswith(prefix) and k[len(prefix) :] in to_ldm]:
         state_dict[LDM_UNET_PREFIX + to_ldm[key[len(prefix) :]]] = state_dict.pop(key)
+
+
+def _read_state_dict(
+    original: Callable[..., Any], checkpoint_file: str, print_global_state: bool = False, map_location: Any = None
+) -> Any:
+    pipeline = pipeline_of(checkpoint_file)
+    if pipeline is None:
+        return original(checkpoint_file, print_global_state, map_location)
+    from modules import devices, sd_models, shared
+
+    # The same device choice as the host's own read_state_dict.
+    device = map_location or shared.weight_load_location or devices.get_optimal_device_name()
+    log(f"{checkpoint_file}: reading the diffusers folder {pipeline.root} ({len(pipeline.plan.sources)} files)")
+    return sd_models.get_state_dict_from_checkpoint(pipeline_folder.load_state_dict(pipeline, device))
 
 
 def config_directory() -> Path:
@@ -336,6 +388,7 @@ def patched_names() -> list[tuple[Any, str]]:
         (sd_models, "load_model"),
         (sd_models, "reload_model_weights"),
         (sd_models, "load_model_weights"),
+        (sd_models, "read_state_dict"),
         (sd_models_config, "find_checkpoint_config"),
     ]
     if hasattr(sd_hijack.StableDiffusionModelHijack, "convert_sdxl_to_ssd"):  # v1.7+
@@ -347,6 +400,7 @@ _WRAPPERS: dict[str, Callable[..., Any]] = {
     "load_model": _preflight_load_model,
     "reload_model_weights": _preflight_reload,
     "load_model_weights": _strict_load_model_weights,
+    "read_state_dict": _read_state_dict,
     "find_checkpoint_config": _find_checkpoint_config,
     "convert_sdxl_to_ssd": _convert_sdxl_to_ssd,
 }
@@ -398,7 +452,7 @@ def inspect_listed_checkpoint(title: str) -> dict[str, Any]:
         "family": detection.family_name,
         "family_key": detection.family_key,
         "distilled": detection.distilled,
-        "form": detection.form.value,
+        "form": FORM_DIFFUSERS_FOLDER if pipeline_of(path) else detection.form.value,
         "unet_parameters": parameter_count(detection.layout),
         "middle": detection.layout.middle.value,
         "components": detection.components.present(),
@@ -567,6 +621,8 @@ def _fingerprint_cached(path: str, mtime_ns: int, size: int) -> str | None:
 
 
 def _checkpoint_vae_fingerprint(path: str) -> str | None:
+    if (pipeline := pipeline_of(path)) is not None:
+        path = str(pipeline.vae_file())
     stat = os.stat(path)
     return _fingerprint_cached(path, stat.st_mtime_ns, stat.st_size)
 

@@ -13,6 +13,8 @@ from fakewebui.install import real_webui_root
 
 from extensions_ssd1b.families import FAMILIES_BY_KEY
 from extensions_ssd1b.layout import UNetLayout, ldm_to_diffusers_names
+from extensions_ssd1b.pipeline_folder import load_state_dict, plan_pipeline
+from extensions_ssd1b.samples import reduced_layout, write_diffusers_pipeline
 from extensions_ssd1b.unet_builder import is_ssd1b_unet
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -127,6 +129,49 @@ def test_a_unet_only_file_is_refused_with_the_convert_hint(host):
     host.write_checkpoint("bare", {UNET_PREFIX[:0] + k: v for k, v in random_state_dict(layout, 0).items()})
     with pytest.raises(Exception, match=r"bare\.safetensors: .*without SDXL's text encoders.*extensions_ssd1b convert"):
         host.load_checkpoint("bare")
+
+
+def test_a_diffusers_folder_in_the_checkpoint_list_is_read_as_one_checkpoint(host):
+    from modules import sd_models
+
+    from extensions_ssd1b import vae_nan, webui
+
+    layout = reduced_layout("segmind-vega")
+    root = host.checkpoints_dir / "vega-diffusers"
+    write_diffusers_pipeline(root, "segmind-vega", layout=layout, sparse=False)
+    host.refresh()
+    info = host.checkpoint_info("vega-diffusers/unet/diffusion_pytorch_model.safetensors")
+
+    detection = webui.preflight(info.filename)  # accepted: the folder has everything A1111 needs
+    assert detection is not None and detection.layout == layout
+    assert detection.components.present() == ["UNet", "CLIP-L", "OpenCLIP-bigG", "VAE"]
+    state_dict = sd_models.read_state_dict(info.filename)  # what get_checkpoint_state_dict reads
+    expected = load_state_dict(plan_pipeline(info.filename))
+    assert state_dict.keys() == expected.keys()
+    assert all(torch.equal(state_dict[k], expected[k]) for k in expected)
+    vae = root / "vae" / "diffusion_pytorch_model.safetensors"
+    assert webui._checkpoint_vae_fingerprint(info.filename) == vae_nan.file_fingerprint(vae) is not None
+    inspect = host.app_started().routes[("GET", "/ssd1b/v1/inspect")]
+    assert inspect(info.title)["form"] == "diffusers-folder"
+
+    with pytest.raises(Exception, match=r"is the text_encoder_2 of the diffusers folder .*-diffusers; pick its unet/"):
+        host.load_checkpoint("vega-diffusers/text_encoder_2/model.safetensors")
+    with pytest.raises(Exception, match=r"is the vae of the diffusers folder"):
+        host.load_checkpoint("vega-diffusers/vae/diffusion_pytorch_model.safetensors")
+
+
+def test_a_diffusers_folder_missing_its_vae_is_refused_before_unloading(host):
+    layout, weights = write_family(host, "good", "koala-700m", 1)
+    host.load_checkpoint("good")
+    before = host.sd_model
+    root = write_diffusers_pipeline(host.checkpoints_dir / "no-vae", "ssd-1b", layout=reduced_layout("ssd-1b"))
+    for file in (root / "vae").iterdir():
+        file.unlink()
+    host.refresh()
+    with pytest.raises(Exception, match=r"no-vae/unet/diffusion_pytorch_model\.safetensors: the diffusers .*/vae:"):
+        host.load_checkpoint("no-vae/unet/diffusion_pytorch_model.safetensors")
+    assert host.sd_model is before
+    assert_live_unet_computes(host, layout, weights)
 
 
 def test_infotext_names_the_family_and_the_route_inspects_only_listed_files(host):

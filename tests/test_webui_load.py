@@ -26,7 +26,13 @@ from extensions_ssd1b.detect import LDM_UNET_PREFIX
 from extensions_ssd1b.families import FAMILIES_BY_KEY
 from extensions_ssd1b.layout import UNetLayout, layout_from_sgm_params
 from extensions_ssd1b.safetensors_header import read_header
-from extensions_ssd1b.samples import TensorSpec, sample_shapes, write_safetensors, write_sample
+from extensions_ssd1b.samples import (
+    TensorSpec,
+    sample_shapes,
+    write_diffusers_pipeline,
+    write_safetensors,
+    write_sample,
+)
 
 pytestmark = pytest.mark.webui
 
@@ -128,20 +134,11 @@ def test_switching_between_sdxl_and_distilled_models_never_keeps_stale_weights(w
         assert_computes(unet, webui_scale(key), weights)
 
 
-def test_full_size_ssd1b_loads_at_its_true_shape_and_generates_an_image(webui):
-    from modules import sd_models
-    from PIL import Image
-    from sgm.modules.diffusionmodules.openaimodel import UNetModel
-    from starlette.testclient import TestClient
-
-    path = write_sample(webui.checkpoints_dir / "ssd-1b-full.safetensors", "ssd-1b", sparse=False, dtype="F16")
-    webui.refresh()
-    sd_models.reload_model_weights(info=sd_models.checkpoint_aliases[path.name])
-    unet = live_unet()
-    assert isinstance(unet, UNetModel)
-    assert sum(p.numel() for p in unet.parameters()) == SSD1B_PARAMETERS
-
+def txt2img_image(webui) -> tuple[torch.Tensor, str]:
+    """A 64² two-step txt2img through the API: the pixels (checked finite, not uniform) and the infotext."""
     from modules import shared
+    from PIL import Image
+    from starlette.testclient import TestClient
 
     shared.opts.set("live_previews_enable", False)  # previews would download vaeapprox-sdxl.pt
     client = TestClient(webui.app())
@@ -155,4 +152,54 @@ def test_full_size_ssd1b_loads_at_its_true_shape_and_generates_an_image(webui):
     assert image.size == (64, 64)
     assert math.isfinite(pixels.sum().item())
     assert pixels.std().item() > 0, "a uniform image is the empty-VAE bug, not a decode"
-    assert "SSD-1B arch: ssd-1b" in response.json()["info"]
+    return pixels, response.json()["info"]
+
+
+def test_full_size_ssd1b_loads_at_its_true_shape_and_generates_an_image(webui):
+    from modules import sd_models
+    from sgm.modules.diffusionmodules.openaimodel import UNetModel
+
+    path = write_sample(webui.checkpoints_dir / "ssd-1b-full.safetensors", "ssd-1b", sparse=False, dtype="F16")
+    webui.refresh()
+    sd_models.reload_model_weights(info=sd_models.checkpoint_aliases[path.name])
+    unet = live_unet()
+    assert isinstance(unet, UNetModel)
+    assert sum(p.numel() for p in unet.parameters()) == SSD1B_PARAMETERS
+
+    _, info = txt2img_image(webui)
+    assert "SSD-1B arch: ssd-1b" in info
+
+
+def test_a_diffusers_folder_in_the_checkpoint_list_loads_in_place(webui):
+    """An SSD-1B-shaped diffusers folder (64-channel UNet, full-size text encoders and VAE, random
+    values) copied under models/Stable-diffusion: picking its UNet file loads the whole folder."""
+    from modules import sd_models, shared
+    from safetensors.torch import load_file
+
+    from extensions_ssd1b.layout import ldm_to_diffusers_names
+    from extensions_ssd1b.unet_builder import is_ssd1b_unet
+
+    layout = webui_scale("ssd-1b")
+    root = write_diffusers_pipeline(webui.checkpoints_dir / "ssd-1b-diffusers", "ssd-1b", layout=layout, sparse=False)
+    webui.refresh()
+    unet_file = root / "unet" / "diffusion_pytorch_model.safetensors"
+    sd_models.reload_model_weights(info=sd_models.checkpoint_aliases[str(unet_file.relative_to(webui.checkpoints_dir))])
+
+    unet = live_unet()
+    assert is_ssd1b_unet(unet)
+    stored = load_file(unet_file)
+    weights = {ldm: stored[diffusers].float() for ldm, diffusers in ldm_to_diffusers_names(layout).items()}
+    assert_computes(unet, layout, weights)
+    # OpenCLIP: diffusers' separate q/k/v joined into in_proj, its projection transposed.
+    encoder = load_file(root / "text_encoder_2" / "model.safetensors")
+    embedder = shared.sd_model.conditioner.embedders[1]
+    open_clip = getattr(embedder, "wrapped", embedder).model  # the host's hijack wraps the embedder
+    qkv = [encoder[f"text_model.encoder.layers.5.self_attn.{x}_proj.weight"] for x in "qkv"]
+    assert torch.equal(open_clip.transformer.resblocks[5].attn.in_proj_weight.float().cpu(), torch.cat(qkv).float())
+    assert torch.equal(open_clip.text_projection.float().cpu(), encoder["text_projection.weight"].float().t())
+    vae = load_file(root / "vae" / "diffusion_pytorch_model.safetensors")
+    decoder_in = shared.sd_model.first_stage_model.decoder.conv_in.weight
+    assert torch.equal(decoder_in.float().cpu(), vae["decoder.conv_in.weight"].float())
+
+    _, info = txt2img_image(webui)
+    assert "SSD-1B arch: custom" in info  # 64 channels: SSD-1B's blocks, no table row's widths
