@@ -156,8 +156,6 @@ def preflight(filename: str) -> Detection | None:
         raise CheckpointError(filename, f"cannot be loaded as a checkpoint: {error}") from None
     except LayoutError as error:
         raise CheckpointError(filename, f"inconsistent SDXL-family UNet: {error}") from None
-    if (pipeline := pipeline_of(filename)) is not None:
-        log(f"{filename}: the UNet of the diffusers folder {pipeline.root}; it loads as one {detection.family_name}")
     if not detection.distilled or host_builds_itself(detection.layout):
         return None
     if not (detection.components.clip_l and detection.components.clip_g):
@@ -651,7 +649,7 @@ def decide_vae(checkpoint_file: str | None) -> vae_choice.VaeDecision | vae_choi
     taesd = os.path.join(paths.models_path, vae_nan.TAESD_DIR)
     has_vae = detection.components.vae
     return vae_choice.resolve_vae(
-        checkpoint=os.path.basename(checkpoint_file),
+        checkpoint=_display_name(checkpoint_file),
         checkpoint_has_vae=has_vae,
         setting=values.vae,
         precision=values.vae_precision,
@@ -671,6 +669,11 @@ def decide_vae(checkpoint_file: str | None) -> vae_choice.VaeDecision | vae_choi
         checkpoint_vae_fingerprint=_checkpoint_vae_fingerprint(checkpoint_file) if has_vae else None,
         models_dir=paths.models_path,
     )
+
+
+def _display_name(checkpoint_file: str) -> str:
+    pipeline = pipeline_of(checkpoint_file)
+    return f"the diffusers folder {pipeline.root.name}" if pipeline else os.path.basename(checkpoint_file)
 
 
 def _model_file(model: Any) -> str | None:
