@@ -4,18 +4,24 @@ The method is ComfyUI's: count blocks, read widths from shapes, then match a tab
 counted layout is then expanded back into the full list of tensors it implies and compared with
 the file, so any inconsistency (a gap, a transformer without its ResBlock, a block whose keys
 disagree about its depth, a shape off the channel plan) is reported by block name.
+
+Most files hold exactly the UNet of a known family: that is checked first, against the family's
+expansion, and settles the common case without counting (the count would find the same layout).
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import re
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from types import MappingProxyType
 
 from .errors import LayoutError, NotSdxlFamily
-from .families import CUSTOM_DISTILLED, Family, match_family
+from .families import CUSTOM_DISTILLED, FAMILIES, Family, match_family
 from .layout import Middle, Shape, UNetLayout, ldm_to_diffusers_names, unet_tensor_shapes
 
 ShapeMap = Mapping[str, Sequence[int]]
@@ -84,26 +90,44 @@ def detect(shapes: ShapeMap) -> Detection:
     and :class:`LayoutError` for an SDXL-family UNet whose keys are inconsistent.
     """
     form, prefix = _locate_unet(shapes)
+    family = _known_family(shapes, form, prefix)
+    if family is not None:
+        return Detection(form, prefix, family.layout, family, detect_components(shapes))
     unet = {key[len(prefix) :]: tuple(shape) for key, shape in shapes.items() if key.startswith(prefix)}
-    if form is Form.DIFFUSERS_UNET:
-        layout = layout_from_diffusers(unet)
-        names = ldm_to_diffusers_names(layout)
-        expected = {names[key]: shape for key, shape in unet_tensor_shapes(layout).items()}
-    else:
-        layout = layout_from_ldm(unet)
-        expected = unet_tensor_shapes(layout)
-    problems = compare_shapes(expected, unet)
-    if problems:
+    layout = layout_from_diffusers(unet) if form is Form.DIFFUSERS_UNET else layout_from_ldm(unet)
+    expected = _expected_unet_shapes(layout, form)
+    if expected != unet and (problems := compare_shapes(expected, unet)):
         raise LayoutError(problems)
     return Detection(form, prefix, layout, match_family(layout), detect_components(shapes))
 
 
+@functools.lru_cache(maxsize=64)
+def _expected_unet_shapes(layout: UNetLayout, form: Form, prefix: str = "") -> Mapping[str, Shape]:
+    """Every UNet tensor of ``layout`` as a file of ``form`` names it, after ``prefix`` (read-only: cached)."""
+    shapes = unet_tensor_shapes(layout)
+    names = ldm_to_diffusers_names(layout) if form is Form.DIFFUSERS_UNET else None
+    return MappingProxyType({prefix + (names[key] if names else key): shape for key, shape in shapes.items()})
+
+
+def _known_family(shapes: ShapeMap, form: Form, prefix: str) -> Family | None:
+    """The family whose UNet, tensor for tensor and shape for shape, is the one under ``prefix``."""
+    unet_tensors = sum(map(str.startswith, shapes, itertools.repeat(prefix)))
+    for family in FAMILIES:
+        expected = _expected_unet_shapes(family.layout, form, prefix)
+        if len(expected) == unet_tensors and expected.items() <= shapes.items():
+            return family
+    return None
+
+
+def _any_starting_with(keys: Iterable[str], prefix: str | tuple[str, ...]) -> bool:
+    return any(map(str.startswith, keys, itertools.repeat(prefix)))
+
+
 def detect_components(shapes: ShapeMap) -> Components:
-    keys = shapes.keys()
     return Components(
-        unet=any(k.startswith(LDM_UNET_PREFIX) for k in keys) or _has_bare_unet(shapes),
-        clip_l=any(k.startswith(CLIP_L_PREFIX) for k in keys),
-        clip_g=any(k.startswith(p) for p in CLIP_G_PREFIXES for k in keys),
+        unet=_any_starting_with(shapes, LDM_UNET_PREFIX) or _has_bare_unet(shapes),
+        clip_l=_any_starting_with(shapes, CLIP_L_PREFIX),
+        clip_g=_any_starting_with(shapes, CLIP_G_PREFIXES),
         vae=has_vae(shapes),
     )
 

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from extensions_ssd1b import detect as detect_module
 from extensions_ssd1b.detect import LDM_UNET_PREFIX, Form, detect
 from extensions_ssd1b.errors import LayoutError, NotSdxlFamily
 from extensions_ssd1b.families import CUSTOM_DISTILLED, FAMILIES, FAMILIES_BY_KEY, match_family
@@ -20,6 +21,7 @@ from extensions_ssd1b.layout import (
     parameter_count,
     unet_tensor_shapes,
 )
+from extensions_ssd1b.samples import sample_shapes
 
 
 def single_file(layout: UNetLayout) -> dict[str, tuple[int, ...]]:
@@ -52,6 +54,23 @@ def test_every_table_row_round_trips_in_every_form(family):
         assert detection.form is form
         assert detection.layout == family.layout
         assert detection.family is family
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.key)
+def test_the_known_family_shortcut_finds_what_counting_finds(family, monkeypatch):
+    files = [sample_shapes(family.key, form.value) for form in Form]  # single files with text encoders and VAE
+    for shapes, form in zip(files, Form, strict=True):
+        prefix = detect_module._locate_unet(shapes)[1]
+        assert detect_module._known_family(shapes, form, prefix) is family
+        assert detect_module._known_family({**shapes, prefix + "extra.weight": (1,)}, form, prefix) is None
+    shortcut = [detect(shapes) for shapes in files]
+    monkeypatch.setattr(detect_module, "_known_family", lambda *_: None)
+    assert [detect(shapes) for shapes in files] == shortcut
+
+
+def test_shapes_as_lists_are_counted_to_the_same_result():
+    shapes = _ssd1b()
+    assert detect({k: list(v) for k, v in shapes.items()}) == detect(shapes)
 
 
 @pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.key)
