@@ -77,6 +77,48 @@ def test_same_output_as_diffusers(key, sgm_openaimodel, diffusers):
     assert (out - expected).abs().max().item() <= TOLERANCE
 
 
+def forward_walking_the_blocks(openaimodel, unet, x, timesteps, context, y, control=None):
+    """UNetModel.forward re-implemented from its attributes, as ControlNet's hook (sd-webui-controlnet)
+    does to add its residuals: time and label embedding, each input block, the middle block, each
+    output block with its skip connection, then ``out``."""
+    emb = unet.time_embed(openaimodel.timestep_embedding(timesteps, unet.model_channels, repeat_only=False))
+    emb = emb + unet.label_emb(y)
+    h, skips = x, []
+    for block in unet.input_blocks:
+        h = block(h, emb, context)
+        skips.append(h)
+    h = unet.middle_block(h, emb, context)
+    if control is not None:
+        h = h + control.pop()
+    for block in unet.output_blocks:
+        skip = skips.pop()
+        h = block(torch.cat([h, skip + control.pop() if control else skip], dim=1), emb, context)
+    return unet.out(h)
+
+
+@pytest.mark.parametrize("key", FAMILY_KEYS)
+def test_an_extension_walking_the_blocks_computes_the_same_as_forward(key, sgm_openaimodel):
+    layout = reduced(FAMILIES_BY_KEY[key].layout)
+    unet = loaded(build_on_meta(sgm_openaimodel, layout), random_state_dict(layout, seed=11))
+    inputs = example_inputs(layout, sgm_openaimodel.timestep_embedding)
+    with torch.no_grad():
+        walked = forward_walking_the_blocks(sgm_openaimodel, unet, inputs.x, inputs.timesteps, inputs.context, inputs.y)
+        # ControlNet-style residuals (one per input block, one for the middle) have the blocks' shapes.
+        shapes = []
+        hook = [b.register_forward_hook(lambda m, i, o: shapes.append(o.shape)) for b in unet.input_blocks]
+        run_sgm(unet, inputs)
+        for handle in hook:
+            handle.remove()
+        control = [torch.zeros(shape) for shape in shapes] + [torch.zeros(shapes[-1])]
+        with_zero_control = forward_walking_the_blocks(
+            sgm_openaimodel, unet, inputs.x, inputs.timesteps, inputs.context, inputs.y, control
+        )
+    expected = run_sgm(unet, inputs)
+    assert not control, "one residual per input block and one for the middle, all consumed"
+    torch.testing.assert_close(walked, expected, rtol=0, atol=0)
+    torch.testing.assert_close(with_zero_control, expected, rtol=0, atol=0)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("key", FAMILY_KEYS)
 def test_full_width_tensors_and_published_size(key, sgm_openaimodel):

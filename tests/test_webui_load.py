@@ -11,28 +11,25 @@ a 4.5 GB checkpoint with random weights and runs a txt2img through the API.
 
 from __future__ import annotations
 
-import base64
-import dataclasses
-import io
-import math
 import os
 from pathlib import Path
 
 import pytest
 import torch
-
-from extensions_ssd1b.components import SDXL_CLIP_G, SDXL_CLIP_L
-from extensions_ssd1b.detect import LDM_UNET_PREFIX
-from extensions_ssd1b.families import FAMILIES_BY_KEY
-from extensions_ssd1b.layout import UNetLayout, layout_from_sgm_params
-from extensions_ssd1b.safetensors_header import read_header
-from extensions_ssd1b.samples import (
-    TensorSpec,
-    sample_shapes,
-    write_diffusers_pipeline,
-    write_safetensors,
-    write_sample,
+from webui_checks import (
+    assert_computes,
+    listed_name,
+    live_unet,
+    txt2img_image,
+    webui_scale,
+    write_reduced_checkpoint,
+    write_reduced_pipeline,
+    write_stock_yaml_beside,
 )
+
+from extensions_ssd1b.families import FAMILIES_BY_KEY
+from extensions_ssd1b.layout import layout_from_sgm_params
+from extensions_ssd1b.samples import write_sample
 
 pytestmark = pytest.mark.webui
 
@@ -44,62 +41,6 @@ def webui():
     from webui_tier import start_real_webui
 
     return start_real_webui(Path(os.environ["SD_WEBUI_ROOT"]))
-
-
-def webui_scale(family_key: str) -> UNetLayout:
-    """The family's block structure at 64 channels; context and ADM widths stay the host's."""
-    return dataclasses.replace(FAMILIES_BY_KEY[family_key].layout, model_channels=64)
-
-
-def random_unet(layout: UNetLayout, seed: int) -> dict[str, torch.Tensor]:
-    from diffusers_reference import random_state_dict
-
-    return random_state_dict(layout, seed)
-
-
-def write_reduced_checkpoint(
-    folder: Path, name: str, family_key: str, seed: int
-) -> tuple[Path, dict[str, torch.Tensor]]:
-    """Reduced UNet with real values; full-size text encoders as a hole (zeros); no VAE."""
-    layout = webui_scale(family_key)
-    shapes = sample_shapes(family_key, layout=layout, clip_l=SDXL_CLIP_L, clip_g=SDXL_CLIP_G, with_vae=False)
-    specs = [TensorSpec(key, "F32", shape) for key, shape in shapes.items()]
-    path = write_safetensors(folder / f"{name}.safetensors", specs, sparse=True)
-    unet = random_unet(layout, seed)
-    header = read_header(path)
-    with open(path, "r+b") as handle:
-        for key, tensor in unet.items():
-            info = header.tensors[LDM_UNET_PREFIX + key]
-            handle.seek(header.data_start + info.begin)
-            handle.write(tensor.contiguous().numpy().tobytes())
-    return path, unet
-
-
-def write_stock_yaml_beside(checkpoint: Path, layout: UNetLayout) -> None:
-    """The host's own sd_xl_base.yaml at the reduced width, as ``<checkpoint>.yaml`` (a host feature)."""
-    import yaml
-    from modules import sd_models_config
-
-    with open(sd_models_config.config_sdxl, encoding="utf-8") as handle:
-        config = yaml.safe_load(handle)
-    config["model"]["params"]["network_config"]["params"]["model_channels"] = layout.model_channels
-    checkpoint.with_suffix(".yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-
-
-def live_unet():
-    from modules import shared
-
-    return shared.sd_model.model.diffusion_model
-
-
-def assert_computes(unet: torch.nn.Module, layout: UNetLayout, weights: dict[str, torch.Tensor]) -> None:
-    from diffusers_reference import example_inputs, reference_unet, run_diffusers, run_sgm
-    from sgm.modules.diffusionmodules.openaimodel import timestep_embedding
-
-    inputs = example_inputs(layout, timestep_embedding, seed=3)
-    ours = run_sgm(unet.float(), inputs)
-    reference = run_diffusers(reference_unet(layout, weights), inputs)
-    assert (ours - reference).abs().max().item() <= 1e-4
 
 
 def test_stock_sdxl_configs_describe_the_table_layouts(webui):
@@ -134,27 +75,6 @@ def test_switching_between_sdxl_and_distilled_models_never_keeps_stale_weights(w
         assert_computes(unet, webui_scale(key), weights)
 
 
-def txt2img_image(webui) -> tuple[torch.Tensor, str]:
-    """A 64² two-step txt2img through the API: the pixels (checked finite, not uniform) and the infotext."""
-    from modules import shared
-    from PIL import Image
-    from starlette.testclient import TestClient
-
-    shared.opts.set("live_previews_enable", False)  # previews would download vaeapprox-sdxl.pt
-    client = TestClient(webui.app())
-    response = client.post(
-        "/sdapi/v1/txt2img",
-        json={"prompt": "a lighthouse", "steps": 2, "width": 64, "height": 64, "sampler_name": "Euler", "seed": 1},
-    )
-    assert response.status_code == 200, response.text
-    image = Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0])))
-    pixels = torch.tensor(list(image.convert("RGB").getdata()), dtype=torch.float32)
-    assert image.size == (64, 64)
-    assert math.isfinite(pixels.sum().item())
-    assert pixels.std().item() > 0, "a uniform image is the empty-VAE bug, not a decode"
-    return pixels, response.json()["info"]
-
-
 def test_full_size_ssd1b_loads_at_its_true_shape_and_generates_an_image(webui):
     from modules import sd_models
     from sgm.modules.diffusionmodules.openaimodel import UNetModel
@@ -176,20 +96,16 @@ def test_a_diffusers_folder_in_the_checkpoint_list_loads_in_place(webui):
     from modules import sd_models, shared
     from safetensors.torch import load_file
 
-    from extensions_ssd1b.layout import ldm_to_diffusers_names
     from extensions_ssd1b.unet_builder import is_ssd1b_unet
 
-    layout = webui_scale("ssd-1b")
-    root = write_diffusers_pipeline(webui.checkpoints_dir / "ssd-1b-diffusers", "ssd-1b", layout=layout, sparse=False)
+    unet_file, weights = write_reduced_pipeline(webui.checkpoints_dir, "ssd-1b-diffusers", "ssd-1b", seed=0)
+    root = unet_file.parent.parent
     webui.refresh()
-    unet_file = root / "unet" / "diffusion_pytorch_model.safetensors"
-    sd_models.reload_model_weights(info=sd_models.checkpoint_aliases[str(unet_file.relative_to(webui.checkpoints_dir))])
+    sd_models.reload_model_weights(info=sd_models.checkpoint_aliases[listed_name(webui, unet_file)])
 
     unet = live_unet()
     assert is_ssd1b_unet(unet)
-    stored = load_file(unet_file)
-    weights = {ldm: stored[diffusers].float() for ldm, diffusers in ldm_to_diffusers_names(layout).items()}
-    assert_computes(unet, layout, weights)
+    assert_computes(unet, webui_scale("ssd-1b"), weights)
     # OpenCLIP: diffusers' separate q/k/v joined into in_proj, its projection transposed.
     encoder = load_file(root / "text_encoder_2" / "model.safetensors")
     embedder = shared.sd_model.conditioner.embedders[1]

@@ -567,7 +567,7 @@ def real_txt2img(client: Any, real_webui: Any) -> tuple[dict[str, str], torch.Te
 def vae_less_checkpoint(real_webui) -> Path:
     """A reduced-width SSD-1B (random UNet, full-size text encoders as a hole), no VAE, loaded."""
     from modules import sd_models
-    from test_webui_load import webui_scale, write_reduced_checkpoint
+    from webui_checks import webui_scale, write_reduced_checkpoint
 
     path, _ = write_reduced_checkpoint(real_webui.checkpoints_dir, "ssd-1b-no-vae", "ssd-1b", seed=0)
     give_text_encoders_a_mean(path)

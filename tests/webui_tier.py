@@ -9,7 +9,9 @@ or ``../shared/data/hf-home-clip-l`` beside this repository).  One webui per pro
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -78,6 +80,7 @@ def start_real_webui(root: Path, *, with_extension: bool = True) -> RealWebui:
     if _started is not None:
         return _started
     work = Path(tempfile.mkdtemp(prefix="ssd1b-webui-tier-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # full-size checkpoints: gigabytes each run
     data_dir, checkpoints = work / "data", work / "checkpoints"
     (data_dir / "extensions").mkdir(parents=True)
     checkpoints.mkdir()

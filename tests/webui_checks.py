@@ -1,0 +1,124 @@
+"""Checks shared by the webui-tier tests (a real A1111 in this process): reduced checkpoints with
+real UNet values, the live UNet against diffusers, a txt2img through the API."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import io
+import math
+from pathlib import Path
+
+import torch
+
+from extensions_ssd1b.components import SDXL_CLIP_G, SDXL_CLIP_L
+from extensions_ssd1b.detect import LDM_UNET_PREFIX, Form
+from extensions_ssd1b.families import FAMILIES_BY_KEY
+from extensions_ssd1b.layout import UNetLayout, ldm_to_diffusers_names
+from extensions_ssd1b.safetensors_header import read_header
+from extensions_ssd1b.samples import TensorSpec, sample_shapes, write_diffusers_pipeline, write_safetensors
+
+
+def webui_scale(family_key: str) -> UNetLayout:
+    """The family's block structure at 64 channels; context and ADM widths stay the host's."""
+    return dataclasses.replace(FAMILIES_BY_KEY[family_key].layout, model_channels=64)
+
+
+def random_unet(layout: UNetLayout, seed: int) -> dict[str, torch.Tensor]:
+    from diffusers_reference import random_state_dict
+
+    return random_state_dict(layout, seed)
+
+
+def write_reduced_checkpoint(
+    folder: Path, name: str, family_key: str, seed: int
+) -> tuple[Path, dict[str, torch.Tensor]]:
+    """Reduced UNet with real values; full-size text encoders as a hole (zeros); no VAE."""
+    layout = webui_scale(family_key)
+    shapes = sample_shapes(family_key, layout=layout, clip_l=SDXL_CLIP_L, clip_g=SDXL_CLIP_G, with_vae=False)
+    specs = [TensorSpec(key, "F32", shape) for key, shape in shapes.items()]
+    path = write_safetensors(folder / f"{name}.safetensors", specs, sparse=True)
+    unet = random_unet(layout, seed)
+    header = read_header(path)
+    with open(path, "r+b") as handle:
+        for key, tensor in unet.items():
+            info = header.tensors[LDM_UNET_PREFIX + key]
+            handle.seek(header.data_start + info.begin)
+            handle.write(tensor.contiguous().numpy().tobytes())
+    return path, unet
+
+
+def write_stock_yaml_beside(checkpoint: Path, layout: UNetLayout) -> None:
+    """The host's own sd_xl_base.yaml at the reduced width, as ``<checkpoint>.yaml`` (a host feature)."""
+    import yaml
+    from modules import sd_models_config
+
+    with open(sd_models_config.config_sdxl, encoding="utf-8") as handle:
+        config = yaml.safe_load(handle)
+    config["model"]["params"]["network_config"]["params"]["model_channels"] = layout.model_channels
+    checkpoint.with_suffix(".yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+
+
+def live_unet():
+    from modules import shared
+
+    return shared.sd_model.model.diffusion_model
+
+
+def assert_computes(unet: torch.nn.Module, layout: UNetLayout, weights: dict[str, torch.Tensor]) -> None:
+    from diffusers_reference import example_inputs, reference_unet, run_diffusers, run_sgm
+    from sgm.modules.diffusionmodules.openaimodel import timestep_embedding
+
+    inputs = example_inputs(layout, timestep_embedding, seed=3)
+    ours = run_sgm(unet.float(), inputs)
+    reference = run_diffusers(reference_unet(layout, weights), inputs)
+    assert (ours - reference).abs().max().item() <= 1e-4
+
+
+def txt2img_image(webui) -> tuple[torch.Tensor, str]:
+    """A 64² two-step txt2img through the API: the pixels (checked finite, not uniform) and the infotext."""
+    from modules import shared
+    from PIL import Image
+    from starlette.testclient import TestClient
+
+    shared.opts.set("live_previews_enable", False)  # previews would download vaeapprox-sdxl.pt
+    client = TestClient(webui.app())
+    response = client.post(
+        "/sdapi/v1/txt2img",
+        json={"prompt": "a lighthouse", "steps": 2, "width": 64, "height": 64, "sampler_name": "Euler", "seed": 1},
+    )
+    assert response.status_code == 200, response.text
+    image = Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0])))
+    pixels = torch.tensor(list(image.convert("RGB").getdata()), dtype=torch.float32)
+    assert image.size == (64, 64)
+    assert math.isfinite(pixels.sum().item())
+    assert pixels.std().item() > 0, "a uniform image is the empty-VAE bug, not a decode"
+    return pixels, response.json()["info"]
+
+
+def write_reduced_pipeline(
+    folder: Path, name: str, family_key: str, seed: int, *, components_from: Path | None = None
+) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A diffusers folder with the family's blocks at 64 channels and full-size text encoders and VAE,
+    all random fp16 values (``components_from``: link another such folder's text encoders and VAE).
+    Returns its UNet file (what the webui lists) and the UNet's weights in LDM names, as fp32."""
+    from safetensors.torch import load_file
+
+    layout = webui_scale(family_key)
+    root = folder / name
+    unet_file = root / "unet" / "diffusion_pytorch_model.safetensors"
+    if components_from is None:
+        write_diffusers_pipeline(root, family_key, layout=layout, sparse=False, seed=seed)
+    else:
+        unet_file.parent.mkdir(parents=True)
+        for part in ("text_encoder", "text_encoder_2", "vae"):
+            (root / part).symlink_to(components_from / part, target_is_directory=True)
+        shapes = sample_shapes(family_key, Form.DIFFUSERS_UNET.value, layout=layout)
+        write_safetensors(unet_file, [TensorSpec(k, "F16", s) for k, s in shapes.items()], sparse=False, seed=seed)
+    stored = load_file(unet_file)
+    return unet_file, {ldm: stored[name].float() for ldm, name in ldm_to_diffusers_names(layout).items()}
+
+
+def listed_name(webui, path: Path) -> str:
+    """The webui's name for a file under its checkpoint folder (subfolders included)."""
+    return str(path.relative_to(webui.checkpoints_dir))
