@@ -1,8 +1,9 @@
 """Webui tier: the host's own features find their modules in the UNets we build.
 
 ``--lowvram`` / ``--medvram`` hook sgm's ``input_blocks``, ``middle_block``, ``output_blocks`` and
-``time_embed`` (a KOALA UNet has an empty middle block); the built-in Lora extension maps every
-Linear/Conv of the model by its module path.  Both run here on the real host, on the CPU.
+``time_embed`` (a KOALA UNet has an empty middle block); the attention optimisation replaces
+``CrossAttention.forward`` on sgm's class; the built-in Lora extension maps every Linear/Conv of the
+model by its module path.  All run here on the real host, on the CPU.
 """
 
 from __future__ import annotations
@@ -69,6 +70,22 @@ def test_lowvram_and_medvram_run_distilled_unets(webui, pipelines, monkeypatch, 
         monkeypatch.undo()
         load_fresh(webui, path)  # leave a model without the hooks for the tests after this one
     assert not shared.sd_model.lowvram
+
+
+def test_the_hosts_attention_optimisation_runs_in_distilled_unets(webui):
+    import sgm.modules.attention
+    from modules import sd_hijack, sd_hijack_optimizations
+
+    path, weights = write_reduced_checkpoint(webui.checkpoints_dir, "attention-vega", "segmind-vega", seed=4)
+    load_fresh(webui, path)
+    layout = webui_scale("segmind-vega")  # no transformer in its middle block
+    attention = [m for m in live_unet().modules() if isinstance(m, sgm.modules.attention.CrossAttention)]
+    transformer_blocks = sum(map(sum, (*layout.input_depths, *layout.output_depths)))
+    assert len(attention) == 2 * transformer_blocks  # attn1 and attn2 in each
+    assert sd_hijack.model_hijack.optimization_method, "the host chose an attention optimisation"
+    # The host swaps CrossAttention.forward on sgm's class: every attention layer of ours has it.
+    assert {type(m).forward.__module__ for m in attention} == {sd_hijack_optimizations.__name__}
+    assert_computes(live_unet(), layout, weights)
 
 
 def write_lora(folder: Path, name: str, targets: dict[str, torch.nn.Module], rank: int = 4) -> dict[str, torch.Tensor]:
