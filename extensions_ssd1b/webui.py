@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, infotext, pipeline_folder, settings, vae_choice, vae_nan
+from .components import DIFFUSERS_PARTS
 from .detect import LDM_UNET_PREFIX, OTHER_MODEL_KINDS, Detection, Form, compare_shapes, detect
 from .errors import CheckpointError, LayoutError, NotSdxlFamily, Ssd1bError
 from .families import match_family
@@ -79,20 +80,27 @@ def is_forge() -> bool:
 
 
 @functools.lru_cache(maxsize=16)
-def _pipeline_cached(path: str, mtime_ns: int, size: int) -> pipeline_folder.PipelineCheckpoint:
+def _pipeline_cached(path: str, version: tuple[int, ...]) -> pipeline_folder.PipelineCheckpoint:
     return pipeline_folder.plan_pipeline(path)
 
 
 @functools.lru_cache(maxsize=64)
-def _detect_file_cached(path: str, mtime_ns: int, size: int) -> Detection:
+def _detect_file_cached(path: str, version: tuple[int, ...]) -> Detection:
     if pipeline_folder.pipeline_root(path) is not None:
-        return detect(_pipeline_cached(path, mtime_ns, size).shapes())
+        return detect(_pipeline_cached(path, version).shapes())
     return detect(read_header(path).shapes())
 
 
-def _stat(path: str | os.PathLike[str]) -> os.stat_result:
+def _version(path: str | os.PathLike[str]) -> tuple[int, ...]:
+    """What changes when the file does (mtime, size); for a diffusers folder's UNet file, also when a
+    file is added to or removed from the folder or its parts (their modification times)."""
     try:
-        return os.stat(path)
+        stat = os.stat(path)
+        version = (stat.st_mtime_ns, stat.st_size)
+        if (root := pipeline_folder.pipeline_root(path)) is not None:
+            folders = [root, *(root / part for part, _ in DIFFUSERS_PARTS)]
+            version += tuple(os.stat(f).st_mtime_ns if f.is_dir() else 0 for f in folders)
+        return version
     except OSError as error:
         raise CheckpointError(path, f"cannot be read: {error.strerror or error}") from None
 
@@ -101,19 +109,17 @@ def pipeline_of(path: str | os.PathLike[str]) -> pipeline_folder.PipelineCheckpo
     """The diffusers folder that loading ``path`` means, or None for an ordinary file (cached)."""
     if pipeline_folder.pipeline_root(path) is None:
         return None
-    stat = _stat(path)
     try:
-        return _pipeline_cached(str(path), stat.st_mtime_ns, stat.st_size)
+        return _pipeline_cached(str(path), _version(path))
     except NotSdxlFamily:  # an SD1/SD2 diffusers folder: the host's business, as before
         return None
 
 
 def detect_checkpoint_file(path: str | os.PathLike[str]) -> Detection:
     """Detection from the safetensors header (or, for a diffusers folder's UNet file, from the
-    whole folder's headers); cached per (path, mtime, size) so a load reads them once."""
-    stat = _stat(path)
+    whole folder's headers); cached per file version so that a load reads them once."""
     try:
-        return _detect_file_cached(str(path), stat.st_mtime_ns, stat.st_size)
+        return _detect_file_cached(str(path), _version(path))
     except (LayoutError, NotSdxlFamily) as error:
         error.path = str(path)  # type: ignore[attr-defined]
         raise

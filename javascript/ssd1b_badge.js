@@ -65,8 +65,10 @@
         var hasEncoders = TEXT_ENCODERS.every(function(name) {
             return components.indexOf(name) !== -1;
         });
-        // Mirrors the extension's pre-flight: A1111 can only load a single file with both encoders.
-        if (payload.form !== 'single-file' || !hasEncoders) {
+        // Mirrors the extension's pre-flight: a single file with both encoders, or a diffusers
+        // folder's UNet file (the folder supplies them), loads; a bare UNet does not.
+        var folder = payload.form === 'diffusers-folder';
+        if ((payload.form !== 'single-file' && !folder) || !hasEncoders) {
             return {
                 text: '\u26a0 ' + family + ' \u00b7 UNet only',
                 tooltip: family + " UNet without SDXL's text encoders: A1111 needs a single-file checkpoint. " +
@@ -85,7 +87,8 @@
         var lines = [family + ': distilled SDXL UNet' +
             (size ? ', ' + payload.unet_parameters.toLocaleString('en-US') + ' parameters' : '') +
             (payload.middle ? ', middle block: ' + (MIDDLE_NAMES[payload.middle] || payload.middle) : '')];
-        lines.push('In the file: ' + (components.length ? components.join(', ') : 'nothing recognised'));
+        var where = folder ? 'In its diffusers folder: ' : 'In the file: ';
+        lines.push(where + (components.length ? components.join(', ') : 'nothing recognised'));
         if (!hasVae) lines.push('No VAE in the file: choose an SDXL VAE in Settings \u2192 VAE \u2192 SD VAE.');
         return {text: parts.join(' \u00b7 '), tooltip: lines.join('\n'), level: 'info'};
     }

@@ -134,6 +134,23 @@ def test_tooltip_lists_what_the_file_holds(inspect):
     ]
 
 
+def test_a_diffusers_folders_unet_file_is_labelled_as_the_model_it_loads(tmp_path, monkeypatch):
+    from extensions_ssd1b.samples import write_diffusers_pipeline
+
+    root = write_diffusers_pipeline(tmp_path / "vega", "segmind-vega")
+    title = "vega/unet/diffusion_pytorch_model.safetensors"
+    monkeypatch.setattr(webui, "listed_checkpoint_path", lambda name: str(tmp_path / name) if name == title else None)
+    payload = json.loads(json.dumps(webui.inspect_listed_checkpoint(title)))
+    assert payload["form"] == "diffusers-folder"
+    spec = badge(payload)
+    assert spec["text"] == "Segmind-Vega · 745M UNet" and spec["level"] == "info"
+    assert "In its diffusers folder: UNet, CLIP-L, OpenCLIP-bigG, VAE" in spec["tooltip"].splitlines()
+    (root / "model_index.json").unlink(missing_ok=True)
+    for part in ("text_encoder", "text_encoder_2", "vae"):
+        shutil.rmtree(root / part)  # the UNet file alone: A1111 cannot load it
+    assert badge(json.loads(json.dumps(webui.inspect_listed_checkpoint(title))))["text"] == "⚠ Segmind-Vega · UNet only"
+
+
 @pytest.mark.parametrize("key", ["sdxl", "sdxl-refiner"])
 def test_no_badge_for_stock_sdxl(inspect, key):
     extra = TEXT_ENCODERS if key == "sdxl" else {"conditioner.embedders.0.model.token_embedding.weight": (49408, 1280)}
