@@ -63,6 +63,17 @@ class ConvertError(Ssd1bError):
     """The conversion cannot be done as asked; nothing was written."""
 
 
+class MissingComponents(ConvertError):
+    """The sources lack text encoders or a VAE that an A1111 checkpoint needs."""
+
+    def __init__(self, source: Path, missing: list[str]) -> None:
+        self.source, self.missing = source, missing
+        super().__init__(
+            f"{source}: no {', '.join(missing)} to put in the checkpoint; A1111 needs all of them "
+            "(give --components FILE, an SDXL single file that has them)"
+        )
+
+
 # -- dtype conversion without torch (numpy only keeps the process small) ---------------------------
 
 
@@ -389,10 +400,7 @@ def plan_conversion(source: Path, components: Path | None, dtype: str, variant: 
     if refiner and "CLIP-L" in missing:
         missing.remove("CLIP-L")
     if missing:
-        raise ConvertError(
-            f"{source}: no {', '.join(missing)} to put in the checkpoint; A1111 needs all of them "
-            "(give --components FILE, an SDXL single file that has them)"
-        )
+        raise MissingComponents(source, missing)
     shapes = {p.name: p.shape for p in plan}
     if problems := text_encoder_fit(shapes, detection.layout):
         raise _named(LayoutError(problems), source)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,7 +20,6 @@ from .components import DIFFUSERS_PARTS, is_diffusers_folder, weight_variant
 from .detect import VAE_PREFIX
 from .errors import CheckpointError, LayoutError
 from .layout import Shape
-from .safetensors_header import read_header
 
 if TYPE_CHECKING:
     import torch
@@ -69,22 +67,13 @@ class PipelineCheckpoint:
         return next(p.pieces[0].header.path for p in self.plan.tensors if p.name.startswith(VAE_PREFIX))
 
 
-def _variant_dtype(unet_file: Path, variant: str) -> str:
-    """The dtype that selects the same variant elsewhere in the folder (fp16 files for fp16 …)."""
-    if variant in _DTYPE_OF_VARIANT:
-        return _DTYPE_OF_VARIANT[variant]
-    dtypes = Counter(info.dtype for info in read_header(unet_file).tensors.values())
-    common = dtypes.most_common(1)[0][0] if dtypes else "F16"
-    return common if common in ("F16", "BF16", "F32") else "F16"
-
-
 def plan_pipeline(unet_file: str | os.PathLike[str]) -> PipelineCheckpoint:
     """The plan for loading the folder ``unet_file`` belongs to, from headers only.
 
     Raises :class:`CheckpointError` naming ``unet_file`` when the folder cannot make a checkpoint
     (a part missing, a shard missing, shapes that do not fit together).
     """
-    from .convert import ConvertError, plan_conversion  # numpy: only when a folder is really planned
+    from .convert import ConvertError, MissingComponents, plan_conversion  # numpy: only when really planned
 
     unet_file = Path(unet_file)
     root = pipeline_root(unet_file)
@@ -93,11 +82,16 @@ def plan_pipeline(unet_file: str | os.PathLike[str]) -> PipelineCheckpoint:
     named = weight_variant(unet_file)
     assert named is not None  # pipeline_root checked it
     variant = named[1]
+    # Every part is read in the picked file's variant; a part without it falls back to the variant
+    # of this dtype (fp16 for a plain UNet), then to its plain files.
+    dtype = _DTYPE_OF_VARIANT.get(variant, "F16")
     try:
-        plan = plan_conversion(root, None, _variant_dtype(unet_file, variant), variant)
+        plan = plan_conversion(root, None, dtype, variant)
+    except MissingComponents as error:
+        lacking = ", ".join(error.missing)
+        raise CheckpointError(unet_file, f"the diffusers folder {root} has no {lacking}, which A1111 needs") from None
     except (ConvertError, LayoutError, CheckpointError) as error:
-        message = str(error).replace(" (give --components FILE, an SDXL single file that has them)", "")
-        raise CheckpointError(unet_file, f"the diffusers folder it belongs to cannot be loaded: {message}") from None
+        raise CheckpointError(unet_file, f"the diffusers folder it belongs to cannot be loaded: {error}") from None
     if not any(os.path.samefile(unet_file, source) for source in plan.sources):
         raise CheckpointError(unet_file, f"is not a complete UNet weight set of {root}/unet (a stray file?)")
     return PipelineCheckpoint(unet_file, root, plan)

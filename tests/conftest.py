@@ -24,6 +24,14 @@ def webui_root() -> Path | None:
     return Path(root) if root and (Path(root) / "modules" / "sd_models.py").is_file() else None
 
 
+@pytest.fixture(scope="session")
+def real_webui():
+    """The real A1111 of the webui tier, started once per process (``SD_WEBUI_ROOT``)."""
+    from webui_tier import start_real_webui
+
+    return start_real_webui(webui_root())
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if webui_root() is not None:
         return

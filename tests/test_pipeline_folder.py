@@ -22,8 +22,8 @@ UNET_FILE = "unet/diffusion_pytorch_model.safetensors"
 
 
 def folder_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
-            if p.is_file()}  # fmt: skip
+    files = [path for path in sorted(root.rglob("*")) if path.is_file()]
+    return {str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest() for path in files}
 
 
 @pytest.mark.parametrize("family", [f.key for f in FAMILIES])

@@ -8,7 +8,6 @@ model by its module path.  All run here on the real host, on the CPU.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -26,58 +25,52 @@ from webui_checks import (
 pytestmark = pytest.mark.webui
 
 
-@pytest.fixture(scope="module")
-def webui():
-    from webui_tier import start_real_webui
 
-    return start_real_webui(Path(os.environ["SD_WEBUI_ROOT"]))
-
-
-def load_fresh(webui, path: Path) -> None:
+def load_fresh(real_webui, path: Path) -> None:
     """``load_model`` (a fresh build, as on a first load or an architecture switch) of a listed file."""
     from modules import sd_models
 
-    webui.refresh()
-    sd_models.load_model(sd_models.checkpoint_aliases[listed_name(webui, path)])
+    real_webui.refresh()
+    sd_models.load_model(sd_models.checkpoint_aliases[listed_name(real_webui, path)])
 
 
 @pytest.fixture(scope="module")
-def pipelines(webui) -> dict[str, tuple[Path, dict[str, torch.Tensor]]]:
+def pipelines(real_webui) -> dict[str, tuple[Path, dict[str, torch.Tensor]]]:
     """KOALA-700M (no middle block) and SSD-1B as 64-channel diffusers folders sharing random
     full-size text encoders and VAE (zeros there would make the host's prompt emphasis divide by 0)."""
-    koala = write_reduced_pipeline(webui.checkpoints_dir, "hooks-koala-700m", "koala-700m", seed=1)
-    components = koala[0].parent.parent
-    ssd1b = write_reduced_pipeline(webui.checkpoints_dir, "hooks-ssd-1b", "ssd-1b", seed=2, components_from=components)
+    folder = real_webui.checkpoints_dir
+    koala = write_reduced_pipeline(folder, "hooks-koala-700m", "koala-700m", seed=1)
+    ssd1b = write_reduced_pipeline(folder, "hooks-ssd-1b", "ssd-1b", seed=2, components_from=koala[0].parent.parent)
     return {"koala-700m": koala, "ssd-1b": ssd1b}
 
 
 @pytest.mark.parametrize("flag", ["lowvram", "medvram"])
-def test_lowvram_and_medvram_run_distilled_unets(webui, pipelines, monkeypatch, flag):
+def test_lowvram_and_medvram_run_distilled_unets(real_webui, pipelines, monkeypatch, flag):
     from modules import shared
 
     monkeypatch.setattr(shared.cmd_opts, flag, True)
     try:
         for key, (path, weights) in pipelines.items():
-            load_fresh(webui, path)
+            load_fresh(real_webui, path)
             assert shared.sd_model.lowvram, "the host set the model up for low VRAM"
             unet = live_unet()
             hooked = [unet.time_embed, unet.middle_block, *unet.input_blocks, *unet.output_blocks]
             if flag == "lowvram":  # medvram hooks the whole diffusion wrapper instead
                 assert all(module._forward_pre_hooks for module in hooked)
             assert_computes(unet, webui_scale(key), weights)
-            txt2img_image(webui)
+            txt2img_image(real_webui)
     finally:
         monkeypatch.undo()
-        load_fresh(webui, path)  # leave a model without the hooks for the tests after this one
+        load_fresh(real_webui, path)  # leave a model without the hooks for the tests after this one
     assert not shared.sd_model.lowvram
 
 
-def test_the_hosts_attention_optimisation_runs_in_distilled_unets(webui):
+def test_the_hosts_attention_optimisation_runs_in_distilled_unets(real_webui):
     import sgm.modules.attention
     from modules import sd_hijack, sd_hijack_optimizations
 
-    path, weights = write_reduced_checkpoint(webui.checkpoints_dir, "attention-vega", "segmind-vega", seed=4)
-    load_fresh(webui, path)
+    path, weights = write_reduced_checkpoint(real_webui.checkpoints_dir, "attention-vega", "segmind-vega", seed=4)
+    load_fresh(real_webui, path)
     layout = webui_scale("segmind-vega")  # no transformer in its middle block
     attention = [m for m in live_unet().modules() if isinstance(m, sgm.modules.attention.CrossAttention)]
     transformer_blocks = sum(map(sum, (*layout.input_depths, *layout.output_depths)))
@@ -106,12 +99,12 @@ def write_lora(folder: Path, name: str, targets: dict[str, torch.nn.Module], ran
     return deltas
 
 
-def test_the_builtin_lora_extension_patches_distilled_unet_modules(webui):
+def test_the_builtin_lora_extension_patches_distilled_unet_modules(real_webui):
     import networks  # the built-in Lora extension (its folder is on sys.path once the webui has loaded scripts)
     from modules import shared
 
-    path, weights = write_reduced_checkpoint(webui.checkpoints_dir, "lora-base-ssd-1b", "ssd-1b", seed=3)
-    load_fresh(webui, path)
+    path, weights = write_reduced_checkpoint(real_webui.checkpoints_dir, "lora-base-ssd-1b", "ssd-1b", seed=3)
+    load_fresh(real_webui, path)
     unet = live_unet()
     modules = dict(shared.sd_model.model.named_modules())
     # Layers SSD-1B kept where SDXL is deeper: the last of 4 (SDXL: 10) transformer blocks on both

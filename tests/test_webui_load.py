@@ -11,9 +11,6 @@ a 4.5 GB checkpoint with random weights and runs a txt2img through the API.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 from webui_checks import (
@@ -36,14 +33,8 @@ pytestmark = pytest.mark.webui
 SSD1B_PARAMETERS = 1_331_334_404  # the published size of SSD-1B's UNet
 
 
-@pytest.fixture(scope="module")
-def webui():
-    from webui_tier import start_real_webui
 
-    return start_real_webui(Path(os.environ["SD_WEBUI_ROOT"]))
-
-
-def test_stock_sdxl_configs_describe_the_table_layouts(webui):
+def test_stock_sdxl_configs_describe_the_table_layouts(real_webui):
     import yaml
     from modules import sd_models_config
 
@@ -53,7 +44,7 @@ def test_stock_sdxl_configs_describe_the_table_layouts(webui):
         assert layout_from_sgm_params(params) == FAMILIES_BY_KEY[key].layout
 
 
-def test_switching_between_sdxl_and_distilled_models_never_keeps_stale_weights(webui):
+def test_switching_between_sdxl_and_distilled_models_never_keeps_stale_weights(real_webui):
     from modules import sd_models
     from sgm.modules.diffusionmodules.openaimodel import UNetModel
 
@@ -61,11 +52,11 @@ def test_switching_between_sdxl_and_distilled_models_never_keeps_stale_weights(w
 
     files = {}
     for seed, key in enumerate(("sdxl", "ssd-1b", "segmind-vega", "koala-700m")):
-        path, weights = write_reduced_checkpoint(webui.checkpoints_dir, f"switch-{key}", key, seed)
+        path, weights = write_reduced_checkpoint(real_webui.checkpoints_dir, f"switch-{key}", key, seed)
         if key == "sdxl":
             write_stock_yaml_beside(path, webui_scale(key))
         files[key] = (path, weights)
-    webui.refresh()
+    real_webui.refresh()
     for key in ("sdxl", "ssd-1b", "segmind-vega", "koala-700m", "sdxl", "ssd-1b"):
         path, weights = files[key]
         sd_models.reload_model_weights(info=sd_models.checkpoint_aliases[path.name])
@@ -75,22 +66,22 @@ def test_switching_between_sdxl_and_distilled_models_never_keeps_stale_weights(w
         assert_computes(unet, webui_scale(key), weights)
 
 
-def test_full_size_ssd1b_loads_at_its_true_shape_and_generates_an_image(webui):
+def test_full_size_ssd1b_loads_at_its_true_shape_and_generates_an_image(real_webui):
     from modules import sd_models
     from sgm.modules.diffusionmodules.openaimodel import UNetModel
 
-    path = write_sample(webui.checkpoints_dir / "ssd-1b-full.safetensors", "ssd-1b", sparse=False, dtype="F16")
-    webui.refresh()
+    path = write_sample(real_webui.checkpoints_dir / "ssd-1b-full.safetensors", "ssd-1b", sparse=False, dtype="F16")
+    real_webui.refresh()
     sd_models.reload_model_weights(info=sd_models.checkpoint_aliases[path.name])
     unet = live_unet()
     assert isinstance(unet, UNetModel)
     assert sum(p.numel() for p in unet.parameters()) == SSD1B_PARAMETERS
 
-    _, info = txt2img_image(webui)
+    _, info = txt2img_image(real_webui)
     assert "SSD-1B arch: ssd-1b" in info
 
 
-def test_a_diffusers_folder_in_the_checkpoint_list_loads_in_place(webui):
+def test_a_diffusers_folder_in_the_checkpoint_list_loads_in_place(real_webui):
     """An SSD-1B-shaped diffusers folder (64-channel UNet, full-size text encoders and VAE, random
     values) copied under models/Stable-diffusion: picking its UNet file loads the whole folder."""
     from modules import sd_models, shared
@@ -98,10 +89,10 @@ def test_a_diffusers_folder_in_the_checkpoint_list_loads_in_place(webui):
 
     from extensions_ssd1b.unet_builder import is_ssd1b_unet
 
-    unet_file, weights = write_reduced_pipeline(webui.checkpoints_dir, "ssd-1b-diffusers", "ssd-1b", seed=0)
+    unet_file, weights = write_reduced_pipeline(real_webui.checkpoints_dir, "ssd-1b-diffusers", "ssd-1b", seed=0)
     root = unet_file.parent.parent
-    webui.refresh()
-    sd_models.reload_model_weights(info=sd_models.checkpoint_aliases[listed_name(webui, unet_file)])
+    real_webui.refresh()
+    sd_models.reload_model_weights(info=sd_models.checkpoint_aliases[listed_name(real_webui, unet_file)])
 
     unet = live_unet()
     assert is_ssd1b_unet(unet)
@@ -117,5 +108,5 @@ def test_a_diffusers_folder_in_the_checkpoint_list_loads_in_place(webui):
     decoder_in = shared.sd_model.first_stage_model.decoder.conv_in.weight
     assert torch.equal(decoder_in.float().cpu(), vae["decoder.conv_in.weight"].float())
 
-    _, info = txt2img_image(webui)
+    _, info = txt2img_image(real_webui)
     assert "SSD-1B arch: custom" in info  # 64 channels: SSD-1B's blocks, no table row's widths

@@ -16,7 +16,6 @@ import dataclasses
 import io
 import json
 import math
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -487,13 +486,6 @@ def test_taesd_xl_without_its_files_names_them(fake_webui_factory) -> None:
 
 
 # -- webui tier: the real A1111 ----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def real_webui():
-    from webui_tier import start_real_webui
-
-    return start_real_webui(Path(os.environ["SD_WEBUI_ROOT"]))
 
 
 def write_random_sdxl_vae(path: Path, seed: int = 0) -> Path:

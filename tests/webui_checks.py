@@ -75,14 +75,14 @@ def assert_computes(unet: torch.nn.Module, layout: UNetLayout, weights: dict[str
     assert (ours - reference).abs().max().item() <= 1e-4
 
 
-def txt2img_image(webui) -> tuple[torch.Tensor, str]:
+def txt2img_image(real_webui) -> tuple[torch.Tensor, str]:
     """A 64² two-step txt2img through the API: the pixels (checked finite, not uniform) and the infotext."""
     from modules import shared
     from PIL import Image
     from starlette.testclient import TestClient
 
     shared.opts.set("live_previews_enable", False)  # previews would download vaeapprox-sdxl.pt
-    client = TestClient(webui.app())
+    client = TestClient(real_webui.app())
     response = client.post(
         "/sdapi/v1/txt2img",
         json={"prompt": "a lighthouse", "steps": 2, "width": 64, "height": 64, "sampler_name": "Euler", "seed": 1},
@@ -119,6 +119,6 @@ def write_reduced_pipeline(
     return unet_file, {ldm: stored[name].float() for ldm, name in ldm_to_diffusers_names(layout).items()}
 
 
-def listed_name(webui, path: Path) -> str:
+def listed_name(real_webui, path: Path) -> str:
     """The webui's name for a file under its checkpoint folder (subfolders included)."""
-    return str(path.relative_to(webui.checkpoints_dir))
+    return str(path.relative_to(real_webui.checkpoints_dir))
