@@ -30,6 +30,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
+from badge_shapes import TEXT_ENCODERS, VAE
 
 from extensions_ssd1b.families import FAMILIES_BY_KEY
 from extensions_ssd1b.layout import unet_tensor_shapes
@@ -42,15 +43,6 @@ STARTUP_TIMEOUT_S = 300
 BADGE = "#ssd1b_arch_badge"
 DROPDOWN = "#setting_sd_model_checkpoint"
 
-TEXT_ENCODERS = {
-    "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight": (49408, 768),
-    "conditioner.embedders.1.model.token_embedding.weight": (49408, 1280),
-}
-VAE = {
-    "first_stage_model.decoder.conv_in.weight": (512, 4, 3, 3),
-    "first_stage_model.post_quant_conv.weight": (4, 4, 1, 1),
-    "first_stage_model.decoder.conv_out.weight": (3, 128, 3, 3),
-}
 SD15 = {
     "model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3),
     "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": (320, 768),

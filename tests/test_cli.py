@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from published import UNET_PARAMETERS
 
 from extensions_ssd1b import cli
 from extensions_ssd1b.families import FAMILIES, FAMILIES_BY_KEY
@@ -169,15 +170,7 @@ def test_inspect_every_family_and_form(samples: dict[tuple[str, str], Path], fam
 
 def test_published_parameter_counts(samples: dict[tuple[str, str], Path]) -> None:
     """architectures.md §8 counts, derived there by an independent calculator and checked against file sizes."""
-    published = {
-        "sdxl": 2_567_463_684,
-        "sdxl-refiner": 2_259_526_660,
-        "ssd-1b": 1_331_334_404,
-        "segmind-vega": 745_225_604,
-        "koala-700m": 782_822_724,
-        "koala-1b": 1_161_184_324,
-    }
-    for key, count in published.items():
+    for key, count in UNET_PARAMETERS.items():
         assert inspect_file(samples[key, "single-file"])["unet_parameters"] == count
 
 

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from published import UNET_PARAMETERS, UNET_TENSORS
 
 from extensions_ssd1b import detect as detect_module
 from extensions_ssd1b.detect import LDM_UNET_PREFIX, Form, detect
@@ -31,16 +32,6 @@ def single_file(layout: UNetLayout) -> dict[str, tuple[int, ...]]:
 def diffusers_form(layout: UNetLayout) -> dict[str, tuple[int, ...]]:
     names = ldm_to_diffusers_names(layout)
     return {names[key]: shape for key, shape in unet_tensor_shapes(layout).items()}
-
-
-PUBLISHED = {  # architectures.md §8: parameter and tensor counts from published file sizes
-    "sdxl": (2_567_463_684, 1680),
-    "sdxl-refiner": (2_259_526_660, 1220),
-    "ssd-1b": (1_331_334_404, 944),
-    "segmind-vega": (745_225_604, 564),
-    "koala-700m": (782_822_724, 584),
-    "koala-1b": (1_161_184_324, 790),
-}
 
 
 @pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.key)
@@ -75,7 +66,7 @@ def test_shapes_as_lists_are_counted_to_the_same_result():
 
 @pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.key)
 def test_generated_layouts_have_the_published_sizes(family):
-    params, tensors = PUBLISHED[family.key]
+    params, tensors = UNET_PARAMETERS[family.key], UNET_TENSORS[family.key]
     assert parameter_count(family.layout) == params
     assert len(unet_tensor_shapes(family.layout)) == tensors
 

@@ -21,6 +21,7 @@ from diffusers_reference import (
     run_diffusers,
     run_sgm,
 )
+from published import UNET_PARAMETERS
 
 from extensions_ssd1b.detect import Form, detect
 from extensions_ssd1b.families import FAMILIES, FAMILIES_BY_KEY
@@ -28,17 +29,6 @@ from extensions_ssd1b.layout import ldm_to_diffusers_names, unet_tensor_shapes
 from extensions_ssd1b.unet_builder import build_unet, is_ssd1b_unet
 
 FAMILY_KEYS = [family.key for family in FAMILIES]
-
-# Published UNet sizes (model cards / papers; see /work/shared/docs/architectures.md §2).  The
-# refiner's figure is the research notes' count, which matches its 9.04 GB fp32 UNet file.
-PUBLISHED_PARAMETERS = {
-    "sdxl": 2_567_463_684,
-    "sdxl-refiner": 2_259_526_660,
-    "ssd-1b": 1_331_334_404,
-    "segmind-vega": 745_225_604,
-    "koala-700m": 782_822_724,
-    "koala-1b": 1_161_184_324,
-}
 
 TOLERANCE = 1e-4  # fp32; both sides run the same ops, so real differences are far larger
 
@@ -126,7 +116,7 @@ def test_full_width_tensors_and_published_size(key, sgm_openaimodel):
     unet = build_on_meta(sgm_openaimodel, layout)
 
     assert state_shapes(unet) == unet_tensor_shapes(layout)
-    assert sum(p.numel() for p in unet.parameters()) == PUBLISHED_PARAMETERS[key]
+    assert sum(p.numel() for p in unet.parameters()) == UNET_PARAMETERS[key]
 
 
 def test_built_unet_is_the_stock_class_with_the_stock_forward(sgm_openaimodel):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from published import UNET_PARAMETERS
 from webui_checks import (
     assert_computes,
     listed_name,
@@ -29,9 +30,6 @@ from extensions_ssd1b.layout import layout_from_sgm_params
 from extensions_ssd1b.samples import write_sample
 
 pytestmark = pytest.mark.webui
-
-SSD1B_PARAMETERS = 1_331_334_404  # the published size of SSD-1B's UNet
-
 
 
 def test_stock_sdxl_configs_describe_the_table_layouts(real_webui):
@@ -75,7 +73,7 @@ def test_full_size_ssd1b_loads_at_its_true_shape_and_generates_an_image(real_web
     sd_models.reload_model_weights(info=sd_models.checkpoint_aliases[path.name])
     unet = live_unet()
     assert isinstance(unet, UNetModel)
-    assert sum(p.numel() for p in unet.parameters()) == SSD1B_PARAMETERS
+    assert sum(p.numel() for p in unet.parameters()) == UNET_PARAMETERS["ssd-1b"]
 
     _, info = txt2img_image(real_webui)
     assert "SSD-1B arch: ssd-1b" in info
