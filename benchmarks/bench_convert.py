@@ -30,7 +30,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from extensions_ssd1b.samples import write_diffusers_pipeline, write_sample
+from extensions_ssd1b.tools.samples import write_diffusers_pipeline, write_sample
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL = 0.25

@@ -24,12 +24,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from extensions_ssd1b.detect import detect
-from extensions_ssd1b.families import FAMILIES_BY_KEY
-from extensions_ssd1b.layout import Middle
-from extensions_ssd1b.report import inspect_file
-from extensions_ssd1b.safetensors_header import read_header
-from extensions_ssd1b.samples import sample_shapes, write_sample
+from extensions_ssd1b.arch.detect import detect
+from extensions_ssd1b.arch.families import FAMILIES_BY_KEY
+from extensions_ssd1b.arch.layout import Middle
+from extensions_ssd1b.io.header import read_header
+from extensions_ssd1b.tools.report import inspect_file
+from extensions_ssd1b.tools.samples import sample_shapes, write_sample
 
 GOAL_HEADER_DETECT_MS = 5.0
 

@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from extensions_ssd1b.samples import write_diffusers_pipeline, write_sample  # noqa: E402
+from extensions_ssd1b.tools.samples import write_diffusers_pipeline, write_sample  # noqa: E402
 
 DRIVER = """
 import json, resource, shutil, sys

@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from extensions_ssd1b.vae_nan import StepWatch, all_finite
+from extensions_ssd1b.vae.nan import StepWatch, all_finite
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 SDXL_VAE_CONFIG = dict(

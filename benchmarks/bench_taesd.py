@@ -28,8 +28,8 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_nan_check import DTYPES, SDXL_VAE_CONFIG, fmt, seconds
-from extensions_ssd1b.settings import NanPolicy, Precision
-from extensions_ssd1b.vae_nan import (
+from extensions_ssd1b.core.settings import NanPolicy, Precision
+from extensions_ssd1b.vae.nan import (
     NanRecovery,
     PrecisionStore,
     Stage,

@@ -3,7 +3,7 @@
 Run: .venv/bin/python benchmarks/bench_unet_speed.py [--latent 64] [--runs 3] [--device cpu|cuda] [--dtype fp32|fp16]
 Prints a table: parameters, FLOPs of one forward (counted by torch's FlopCounterMode), median time,
 and time / FLOP ratios against SDXL.  Goal: SSD-1B / SDXL ≤ 0.65 (the FLOP ratio at 1024² is 0.62).
-The UNets are built by ``extensions_ssd1b.unet_builder`` from the real sgm when ``SD_WEBUI_ROOT`` points
+The UNets are built by ``extensions_ssd1b.arch.unet_builder`` from the real sgm when ``SD_WEBUI_ROOT`` points
 to an A1111 checkout, otherwise from the test stand-in (same modules, same maths); weights are random.
 """
 
@@ -28,9 +28,9 @@ sys.path.insert(
 
 from sgm.modules.diffusionmodules import openaimodel  # noqa: E402
 
-from extensions_ssd1b.families import FAMILIES_BY_KEY  # noqa: E402
-from extensions_ssd1b.layout import UNetLayout, parameter_count  # noqa: E402
-from extensions_ssd1b.unet_builder import build_unet  # noqa: E402
+from extensions_ssd1b.arch.families import FAMILIES_BY_KEY  # noqa: E402
+from extensions_ssd1b.arch.layout import UNetLayout, parameter_count  # noqa: E402
+from extensions_ssd1b.arch.unet_builder import build_unet  # noqa: E402
 
 FAMILIES = ("sdxl", "ssd-1b", "segmind-vega", "koala-1b", "koala-700m")
 GOAL_SSD1B = 0.65

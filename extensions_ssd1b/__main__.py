@@ -1,5 +1,5 @@
-"""``python -m extensions_ssd1b inspect|verify|convert …`` (see :mod:`extensions_ssd1b.cli`)."""
+"""``python -m extensions_ssd1b inspect|verify|convert …`` (see :mod:`extensions_ssd1b.tools.cli`)."""
 
-from .cli import main
+from .tools.cli import main
 
 raise SystemExit(main())

@@ -14,7 +14,7 @@
     var POLL_MS = 500;
     var RETRY_MS = 10000;
 
-    // Models the host loads on its own (extensions_ssd1b.detect.OTHER_MODEL_KINDS). The route
+    // Models the host loads on its own (extensions_ssd1b.arch.detect.OTHER_MODEL_KINDS). The route
     // reports them as ok=false, but an SD1.5 checkpoint is no problem, so they get no badge.
     var NOT_SDXL_PREFIX = 'not an SDXL-family checkpoint: ';
     var HOST_KINDS = [

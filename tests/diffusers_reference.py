@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from extensions_ssd1b.layout import Middle, UNetLayout, ldm_to_diffusers_names, unet_tensor_shapes
+from extensions_ssd1b.arch.layout import Middle, UNetLayout, ldm_to_diffusers_names, unet_tensor_shapes
 
 # SDXL conditions on 6 micro-conditioning numbers (original size, crop, target size), each
 # embedded to ``addition_time_embed_dim`` sinusoidal features and concatenated after the pooled

@@ -32,9 +32,10 @@ from pathlib import Path
 import pytest
 from badge_shapes import TEXT_ENCODERS, VAE
 
-from extensions_ssd1b.families import FAMILIES_BY_KEY
-from extensions_ssd1b.layout import unet_tensor_shapes
-from extensions_ssd1b.samples import TensorSpec, write_safetensors
+from extensions_ssd1b.arch.families import FAMILIES_BY_KEY
+from extensions_ssd1b.arch.layout import unet_tensor_shapes
+from extensions_ssd1b.io.write import TensorSpec
+from extensions_ssd1b.tools.samples import write_safetensors
 
 pytestmark = pytest.mark.webui
 

@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 from badge_shapes import TEXT_ENCODERS, VAE
 
-from extensions_ssd1b import webui
-from extensions_ssd1b.detect import LDM_UNET_PREFIX, OTHER_MODEL_KINDS
-from extensions_ssd1b.errors import NotSdxlFamily
-from extensions_ssd1b.families import FAMILIES_BY_KEY
-from extensions_ssd1b.layout import Middle, UNetLayout, unet_tensor_shapes
-from extensions_ssd1b.samples import TensorSpec, write_safetensors
+from extensions_ssd1b.arch.detect import LDM_UNET_PREFIX, OTHER_MODEL_KINDS
+from extensions_ssd1b.arch.families import FAMILIES_BY_KEY
+from extensions_ssd1b.arch.layout import Middle, UNetLayout, unet_tensor_shapes
+from extensions_ssd1b.core.errors import NotSdxlFamily
+from extensions_ssd1b.host import ui as webui
+from extensions_ssd1b.io.write import TensorSpec
+from extensions_ssd1b.tools.samples import write_safetensors
 
 BADGE_JS = Path(__file__).resolve().parents[1] / "javascript" / "ssd1b_badge.js"
 NODE = shutil.which("node")
@@ -127,7 +128,7 @@ def test_tooltip_lists_what_the_file_holds(inspect):
 
 
 def test_a_diffusers_folders_unet_file_is_labelled_as_the_model_it_loads(tmp_path, monkeypatch):
-    from extensions_ssd1b.samples import write_diffusers_pipeline
+    from extensions_ssd1b.tools.samples import write_diffusers_pipeline
 
     root = write_diffusers_pipeline(tmp_path / "vega", "segmind-vega")
     title = "vega/unet/diffusion_pytorch_model.safetensors"

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from published import UNET_PARAMETERS
 
-from extensions_ssd1b import cli
-from extensions_ssd1b.families import FAMILIES, FAMILIES_BY_KEY
-from extensions_ssd1b.layout import Middle, parameter_count, unet_tensor_shapes
-from extensions_ssd1b.report import inspect_file, stock_a1111
-from extensions_ssd1b.samples import (
+from extensions_ssd1b.arch.families import FAMILIES, FAMILIES_BY_KEY
+from extensions_ssd1b.arch.layout import Middle, parameter_count, unet_tensor_shapes
+from extensions_ssd1b.tools import cli
+from extensions_ssd1b.tools.report import inspect_file, stock_a1111
+from extensions_ssd1b.tools.samples import (
     FORMS,
     TensorSpec,
     reduced_layout,
@@ -210,8 +210,8 @@ def test_stock_a1111_on_known_families(samples: dict[tuple[str, str], Path]) -> 
 
 
 def test_stock_a1111_on_custom_layouts_depends_on_the_layout() -> None:
-    from extensions_ssd1b.detect import detect
-    from extensions_ssd1b.samples import sample_shapes
+    from extensions_ssd1b.arch.detect import detect
+    from extensions_ssd1b.tools.samples import sample_shapes
 
     sdxl = FAMILIES_BY_KEY["sdxl"].layout
     # fewer blocks than SDXL and a full middle: both hosts build SDXL, zero-filled identities
@@ -349,12 +349,13 @@ def test_core_modules_do_not_import_the_host_or_torch(samples: dict[tuple[str, s
     folder = write_diffusers_pipeline(tmp_path / "pipe", "koala-700m")
     code = f"""
 import sys
-from extensions_ssd1b import cli
+from extensions_ssd1b.tools import cli
 null = open("/dev/null", "w")
 assert cli.main(["inspect", "--json", {str(sample)!r}, {str(folder)!r}], stdout=null) == 0
 assert cli.main(["inspect"], stdout=null, stderr=null) == 0
 print(sorted(m for m in sys.modules if m.split(".")[0] in ("modules", "gradio", "sgm", "torch", "numpy")))
-from extensions_ssd1b import components, convert, report, samples, verify
+from extensions_ssd1b.arch import components
+from extensions_ssd1b.tools import convert, report, samples, verify
 cli.main(["verify", "--no-progress", {str(sample)!r}], stdout=null)
 print(sorted(m for m in sys.modules if m.split(".")[0] in ("modules", "gradio", "sgm", "torch")))
 """
@@ -366,7 +367,7 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("modules", "gradio", 
 def test_zero_filled_blocks_are_identities_only_when_whole_and_residual() -> None:
     """The rule behind correct-oversized: zeroed transformer blocks, SpatialTransformers and
     channel-keeping ResBlocks add nothing; anything else (an upsampler, half a block) breaks the UNet."""
-    from extensions_ssd1b.report import _compare_with_host
+    from extensions_ssd1b.tools.report import _compare_with_host
 
     sdxl = FAMILIES_BY_KEY["sdxl"].layout
     full = unet_tensor_shapes(sdxl)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from extensions_ssd1b.components import (
+from extensions_ssd1b.arch.components import (
     CLIP_G_BASE_PREFIX,
     SDXL_CLIP_G,
     SDXL_CLIP_L,
@@ -34,9 +34,9 @@ from extensions_ssd1b.components import (
     vae_spec_from,
     vae_tensors,
 )
-from extensions_ssd1b.detect import CLIP_L_PREFIX, VAE_PREFIX, has_vae
-from extensions_ssd1b.families import FAMILIES_BY_KEY
-from extensions_ssd1b.samples import fitting_components, reduced_layout
+from extensions_ssd1b.arch.detect import CLIP_L_PREFIX, VAE_PREFIX, has_vae
+from extensions_ssd1b.arch.families import FAMILIES_BY_KEY
+from extensions_ssd1b.tools.samples import fitting_components, reduced_layout
 
 CLIP_L_CONFIG = Path(
     "/work/shared/data/hf-home-clip-l/hub/models--openai--clip-vit-large-patch14/snapshots/"

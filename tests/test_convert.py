@@ -17,22 +17,24 @@ import torch
 from safetensors.torch import load_file
 
 from extensions_ssd1b import __version__
-from extensions_ssd1b import convert as convert_module
-from extensions_ssd1b.cli import main
-from extensions_ssd1b.components import CLIP_G_BASE_PREFIX, CLIP_G_REFINER_PREFIX
-from extensions_ssd1b.convert import ConvertError, atomic_write, cast, convert
-from extensions_ssd1b.detect import LDM_UNET_PREFIX, Form, detect
-from extensions_ssd1b.errors import CheckpointError, LayoutError, NotSdxlFamily
-from extensions_ssd1b.families import FAMILIES, FAMILIES_BY_KEY
-from extensions_ssd1b.safetensors_header import read_header
-from extensions_ssd1b.samples import (
+from extensions_ssd1b.arch.components import CLIP_G_BASE_PREFIX, CLIP_G_REFINER_PREFIX
+from extensions_ssd1b.arch.detect import LDM_UNET_PREFIX, Form, detect
+from extensions_ssd1b.arch.families import FAMILIES, FAMILIES_BY_KEY
+from extensions_ssd1b.core.errors import CheckpointError, LayoutError, NotSdxlFamily
+from extensions_ssd1b.io.cast import cast
+from extensions_ssd1b.io.header import read_header
+from extensions_ssd1b.io.write import atomic_write
+from extensions_ssd1b.tools import convert as convert_module
+from extensions_ssd1b.tools.cli import main
+from extensions_ssd1b.tools.convert import ConvertError, convert
+from extensions_ssd1b.tools.samples import (
     TensorSpec,
     reduced_layout,
     write_diffusers_pipeline,
     write_safetensors,
     write_sample,
 )
-from extensions_ssd1b.verify import verify_file
+from extensions_ssd1b.tools.verify import verify_file
 
 REPO = Path(__file__).resolve().parents[1]
 TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -262,7 +264,7 @@ def test_a_destination_that_appears_meanwhile_is_not_replaced(tmp_path: Path) ->
     def write(handle: object) -> None:
         destination.write_bytes(b"someone else's")
 
-    with pytest.raises(ConvertError, match="appeared while converting"):
+    with pytest.raises(FileExistsError, match="appeared while writing"):
         atomic_write(destination, write)
     assert destination.read_bytes() == b"someone else's"
     assert listing(tmp_path) == ["race.safetensors"]
@@ -289,7 +291,7 @@ def test_interrupt_removes_the_partial_file(
 
 SLOW_CONVERT = """
 import sys, time
-from extensions_ssd1b import cli, convert
+from extensions_ssd1b.tools import cli, convert
 original = convert._copy
 def slow(*args, **kwargs):
     time.sleep(0.02)

@@ -9,11 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from published import UNET_PARAMETERS, UNET_TENSORS
 
-from extensions_ssd1b import detect as detect_module
-from extensions_ssd1b.detect import LDM_UNET_PREFIX, Form, detect
-from extensions_ssd1b.errors import LayoutError, NotSdxlFamily
-from extensions_ssd1b.families import CUSTOM_DISTILLED, FAMILIES, FAMILIES_BY_KEY, match_family
-from extensions_ssd1b.layout import (
+from extensions_ssd1b.arch import detect as detect_module
+from extensions_ssd1b.arch.detect import LDM_UNET_PREFIX, Form, detect
+from extensions_ssd1b.arch.families import CUSTOM_DISTILLED, FAMILIES, FAMILIES_BY_KEY, match_family
+from extensions_ssd1b.arch.layout import (
     Middle,
     UNetLayout,
     layout_from_dict,
@@ -22,7 +21,8 @@ from extensions_ssd1b.layout import (
     parameter_count,
     unet_tensor_shapes,
 )
-from extensions_ssd1b.samples import sample_shapes
+from extensions_ssd1b.core.errors import LayoutError, NotSdxlFamily
+from extensions_ssd1b.tools.samples import sample_shapes
 
 
 def single_file(layout: UNetLayout) -> dict[str, tuple[int, ...]]:

@@ -20,10 +20,10 @@ import pytest
 import torch
 from torch import nn
 
-from extensions_ssd1b import infotext
-from extensions_ssd1b.settings import Precision
-from extensions_ssd1b.vae_choice import bf16_is_fast
-from extensions_ssd1b.vae_nan import (
+from extensions_ssd1b.core import infotext
+from extensions_ssd1b.core.settings import Precision
+from extensions_ssd1b.vae.choice import bf16_is_fast
+from extensions_ssd1b.vae.nan import (
     NanRecovery,
     PrecisionStore,
     Stage,

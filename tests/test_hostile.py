@@ -22,11 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from extensions_ssd1b.cli import main
-from extensions_ssd1b.components import CLIP_G_BASE_PREFIX
-from extensions_ssd1b.detect import LDM_UNET_PREFIX, VAE_PREFIX
-from extensions_ssd1b.safetensors_header import MAX_HEADER_BYTES
-from extensions_ssd1b.samples import TensorSpec, reduced_layout, sample_shapes, write_safetensors, write_sample
+from extensions_ssd1b.arch.components import CLIP_G_BASE_PREFIX
+from extensions_ssd1b.arch.detect import LDM_UNET_PREFIX, VAE_PREFIX
+from extensions_ssd1b.io.header import MAX_HEADER_BYTES
+from extensions_ssd1b.io.write import TensorSpec
+from extensions_ssd1b.tools.cli import main
+from extensions_ssd1b.tools.samples import reduced_layout, sample_shapes, write_safetensors, write_sample
 
 REPO = Path(__file__).resolve().parents[1]
 BROKEN, NOT_SDXL, REFUSED, UNSUPPORTED = "CheckpointError", "NotSdxlFamily", "LayoutError", "Unsupported"

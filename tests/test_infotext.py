@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extensions_ssd1b import infotext
-from extensions_ssd1b.infotext import (
+from extensions_ssd1b.core import infotext
+from extensions_ssd1b.core.infotext import (
     KEY_ARCH,
     KEY_NAN_RECOVERY,
     KEY_VAE,

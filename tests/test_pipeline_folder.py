@@ -11,12 +11,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from extensions_ssd1b.convert import convert
-from extensions_ssd1b.detect import CLIP_L_PREFIX, Form, detect
-from extensions_ssd1b.errors import CheckpointError
-from extensions_ssd1b.families import FAMILIES
-from extensions_ssd1b.pipeline_folder import component_folder, load_state_dict, pipeline_root, plan_pipeline
-from extensions_ssd1b.samples import reduced_layout, write_diffusers_pipeline
+from extensions_ssd1b.arch.detect import CLIP_L_PREFIX, Form, detect
+from extensions_ssd1b.arch.families import FAMILIES
+from extensions_ssd1b.core.errors import CheckpointError
+from extensions_ssd1b.diffusers.folder import component_folder, pipeline_root
+from extensions_ssd1b.diffusers.pipeline import load_state_dict, plan_pipeline
+from extensions_ssd1b.tools.convert import convert
+from extensions_ssd1b.tools.samples import reduced_layout, write_diffusers_pipeline
 
 UNET_FILE = "unet/diffusion_pytorch_model.safetensors"
 
@@ -100,7 +101,7 @@ def test_a_truncated_part_is_refused_before_any_tensor_is_read(tmp_path: Path) -
 
 
 def test_inspect_tells_that_the_webui_loads_the_folder_from_its_unet_file(tmp_path: Path) -> None:
-    from extensions_ssd1b.report import inspect_file
+    from extensions_ssd1b.tools.report import inspect_file
 
     root = write_diffusers_pipeline(tmp_path / "pipe", "segmind-vega", layout=reduced_layout("segmind-vega"))
     notes = inspect_file(root / UNET_FILE)["notes"]

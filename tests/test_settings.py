@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from extensions_ssd1b import infotext
-from extensions_ssd1b.settings import (
+from extensions_ssd1b.core import infotext
+from extensions_ssd1b.core.settings import (
     CATEGORY_ID,
     INFOTEXT_TO_SETTING,
     KEY_PREFIX,
@@ -105,8 +105,8 @@ def test_infotext_keys_map_to_settings_for_paste() -> None:
 def test_package_imports_without_the_host() -> None:
     """extensions_ssd1b must not pull in the webui, gradio or sgm; the settings not even torch."""
     code = (
-        "import sys, extensions_ssd1b.settings, extensions_ssd1b.infotext; print('torch' in sys.modules); "
-        "import extensions_ssd1b.vae_nan, extensions_ssd1b.vae_choice; "
+        "import sys, extensions_ssd1b.core.settings, extensions_ssd1b.core.infotext; print('torch' in sys.modules); "
+        "import extensions_ssd1b.vae.nan, extensions_ssd1b.vae.choice; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('modules', 'gradio', 'sgm')))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)

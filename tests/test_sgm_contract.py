@@ -26,9 +26,9 @@ from diffusers_reference import (
     run_sgm,
 )
 
-from extensions_ssd1b.families import FAMILIES, FAMILIES_BY_KEY
-from extensions_ssd1b.layout import UNetLayout
-from extensions_ssd1b.unet_builder import build_unet
+from extensions_ssd1b.arch.families import FAMILIES, FAMILIES_BY_KEY
+from extensions_ssd1b.arch.layout import UNetLayout
+from extensions_ssd1b.arch.unet_builder import build_unet
 
 pytestmark = pytest.mark.webui
 

@@ -23,10 +23,10 @@ from diffusers_reference import (
 )
 from published import UNET_PARAMETERS
 
-from extensions_ssd1b.detect import Form, detect
-from extensions_ssd1b.families import FAMILIES, FAMILIES_BY_KEY
-from extensions_ssd1b.layout import ldm_to_diffusers_names, unet_tensor_shapes
-from extensions_ssd1b.unet_builder import build_unet, is_ssd1b_unet
+from extensions_ssd1b.arch.detect import Form, detect
+from extensions_ssd1b.arch.families import FAMILIES, FAMILIES_BY_KEY
+from extensions_ssd1b.arch.layout import ldm_to_diffusers_names, unet_tensor_shapes
+from extensions_ssd1b.arch.unet_builder import build_unet, is_ssd1b_unet
 
 FAMILY_KEYS = [family.key for family in FAMILIES]
 

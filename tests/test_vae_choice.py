@@ -10,9 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from extensions_ssd1b import infotext, vae_choice
-from extensions_ssd1b.settings import VAE_AUTOMATIC, VAE_TAESD_XL, Precision
-from extensions_ssd1b.vae_choice import (
+from extensions_ssd1b.core import infotext
+from extensions_ssd1b.core.settings import VAE_AUTOMATIC, VAE_TAESD_XL, Precision
+from extensions_ssd1b.vae import choice as vae_choice
+from extensions_ssd1b.vae.choice import (
     DeviceCaps,
     KeyFormat,
     TaesdFiles,
@@ -28,7 +29,7 @@ from extensions_ssd1b.vae_choice import (
     identify,
     resolve_vae,
 )
-from extensions_ssd1b.vae_nan import vae_fingerprint
+from extensions_ssd1b.vae.nan import vae_fingerprint
 
 FP16_FIX_SHA = "235745af8d86bf4a4c1b5b4f529868b37019a10f7c0b2e79ad0abca3a22bc6e1"
 STOCK_SHA = "63aeecb90ff7bc1c115395962d3e803571385b61938377bc7089b36e81e92e2e"

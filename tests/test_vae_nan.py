@@ -20,9 +20,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from extensions_ssd1b import infotext
-from extensions_ssd1b.settings import NanPolicy, Precision
-from extensions_ssd1b.vae_nan import (
+from extensions_ssd1b.core import infotext
+from extensions_ssd1b.core.settings import NanPolicy, Precision
+from extensions_ssd1b.vae.nan import (
     FINGERPRINT_TENSORS,
     NanEvent,
     NanRecovery,
@@ -433,7 +433,7 @@ def test_warn_reports_and_keeps_the_image(tmp_path: Path, reports: list[NanEvent
 
 def test_off_does_not_even_check(tmp_path: Path, reports: list[NanEvent], monkeypatch: pytest.MonkeyPatch) -> None:
     harness = Harness(make_recovery(tmp_path, reports), OverflowVae().half())
-    monkeypatch.setattr("extensions_ssd1b.vae_nan.all_finite", lambda _: pytest.fail("checked with policy Off"))
+    monkeypatch.setattr("extensions_ssd1b.vae.nan.all_finite", lambda _: pytest.fail("checked with policy Off"))
     image = harness.decode(latent("middle"), policy=NanPolicy.OFF)
     assert not torch.isfinite(image).all() and reports == []
 
@@ -802,7 +802,7 @@ def test_a_finite_decode_is_checked_once_even_with_inputs(tmp_path: Path, monkey
     harness = Harness(make_recovery(tmp_path, []), OverflowVae().half())
     checked: list[torch.Size] = []
     real = all_finite
-    monkeypatch.setattr("extensions_ssd1b.vae_nan.all_finite", lambda x: checked.append(x.shape) or real(x))
+    monkeypatch.setattr("extensions_ssd1b.vae.nan.all_finite", lambda x: checked.append(x.shape) or real(x))
     z = latent("none")
     harness.decode(z, inputs=z)
     assert len(checked) == 1 and checked[0] != z.shape  # the image, not the latent

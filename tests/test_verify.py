@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pty
@@ -17,11 +18,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extensions_ssd1b.cli import main
-from extensions_ssd1b.detect import LDM_UNET_PREFIX, VAE_PREFIX
-from extensions_ssd1b.families import FAMILIES_BY_KEY
-from extensions_ssd1b.safetensors_header import read_header
-from extensions_ssd1b.samples import (
+from extensions_ssd1b.arch.detect import LDM_UNET_PREFIX, VAE_PREFIX
+from extensions_ssd1b.arch.families import FAMILIES_BY_KEY
+from extensions_ssd1b.io.header import read_header
+from extensions_ssd1b.io.stream import TensorReader
+from extensions_ssd1b.tools.cli import main
+from extensions_ssd1b.tools.progress import Progress
+from extensions_ssd1b.tools.samples import (
     TensorSpec,
     reduced_layout,
     sample_shapes,
@@ -29,7 +32,7 @@ from extensions_ssd1b.samples import (
     write_safetensors,
     write_sample,
 )
-from extensions_ssd1b.verify import Progress, TensorReader, TensorStats, scan_chunk, verify_file
+from extensions_ssd1b.tools.verify import TensorStats, scan_chunk, verify_file
 
 REPO = Path(__file__).resolve().parents[1]
 VEGA = reduced_layout("segmind-vega")
@@ -358,3 +361,18 @@ def test_memory_stays_bounded_whatever_the_file_size(tmp_path: Path) -> None:
     rss, code, out = peak_rss("verify", "--no-progress", str(path))
     assert code == 0, out
     assert rss < size / 2, f"peak RSS {rss / 1e6:.0f} MB for a {size / 1e6:.0f} MB file"
+
+
+def test_progress_without_tqdm_draws_its_own_bar(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bare Python (no tqdm) still gets a one-line bar on a terminal."""
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm now raises ImportError
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    sink = Terminal()
+    bar = Progress(100, "verify x", stream=sink)
+    bar.advance(100)
+    bar.close()
+    assert sink.getvalue().startswith("\rverify x [") and "100%" in sink.getvalue()

@@ -11,11 +11,11 @@ from diffusers_reference import example_inputs, random_state_dict, reference_une
 from fakewebui import TEST_SCALE, UNET_PREFIX, install_fake_webui
 from fakewebui.install import real_webui_root
 
-from extensions_ssd1b.families import FAMILIES_BY_KEY
-from extensions_ssd1b.layout import UNetLayout, ldm_to_diffusers_names
-from extensions_ssd1b.pipeline_folder import load_state_dict, plan_pipeline
-from extensions_ssd1b.samples import reduced_layout, write_diffusers_pipeline
-from extensions_ssd1b.unet_builder import is_ssd1b_unet
+from extensions_ssd1b.arch.families import FAMILIES_BY_KEY
+from extensions_ssd1b.arch.layout import UNetLayout, ldm_to_diffusers_names
+from extensions_ssd1b.arch.unet_builder import is_ssd1b_unet
+from extensions_ssd1b.diffusers.pipeline import load_state_dict, plan_pipeline
+from extensions_ssd1b.tools.samples import reduced_layout, write_diffusers_pipeline
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(real_webui_root() is not None, reason="test-scale checkpoints fit only the stand-in")
@@ -134,7 +134,9 @@ def test_a_unet_only_file_is_refused_with_the_convert_hint(host):
 def test_a_diffusers_folder_in_the_checkpoint_list_is_read_as_one_checkpoint(host):
     from modules import sd_models
 
-    from extensions_ssd1b import vae_nan, webui
+    from extensions_ssd1b.host import load
+    from extensions_ssd1b.host import vae as host_vae
+    from extensions_ssd1b.vae import nan as vae_nan
 
     layout = reduced_layout("segmind-vega")
     root = host.checkpoints_dir / "vega-diffusers"
@@ -142,7 +144,7 @@ def test_a_diffusers_folder_in_the_checkpoint_list_is_read_as_one_checkpoint(hos
     host.refresh()
     info = host.checkpoint_info("vega-diffusers/unet/diffusion_pytorch_model.safetensors")
 
-    detection = webui.preflight(info.filename)  # accepted: the folder has everything A1111 needs
+    detection = load.preflight(info.filename)  # accepted: the folder has everything A1111 needs
     assert detection is not None and detection.layout == layout
     assert detection.components.present() == ["UNet", "CLIP-L", "OpenCLIP-bigG", "VAE"]
     state_dict = sd_models.read_state_dict(info.filename)  # what get_checkpoint_state_dict reads
@@ -150,7 +152,7 @@ def test_a_diffusers_folder_in_the_checkpoint_list_is_read_as_one_checkpoint(hos
     assert state_dict.keys() == expected.keys()
     assert all(torch.equal(state_dict[k], expected[k]) for k in expected)
     vae = root / "vae" / "diffusion_pytorch_model.safetensors"
-    assert webui._checkpoint_vae_fingerprint(info.filename) == vae_nan.file_fingerprint(vae) is not None
+    assert host_vae.checkpoint_vae_fingerprint(info.filename) == vae_nan.file_fingerprint(vae) is not None
     inspect = host.app_started().routes[("GET", "/ssd1b/v1/inspect")]
     assert inspect(info.title)["form"] == "diffusers-folder"
 
@@ -189,7 +191,7 @@ def test_infotext_names_the_family_and_the_route_inspects_only_listed_files(host
 def test_reloading_scripts_does_not_wrap_twice(host):
     from modules import sd_models
 
-    from extensions_ssd1b.webui import ORIGINAL_ATTRIBUTE
+    from extensions_ssd1b.host.patching import ORIGINAL_ATTRIBUTE
 
     original = getattr(sd_models.load_model_weights, ORIGINAL_ATTRIBUTE)
     host.reload_scripts()
@@ -201,7 +203,7 @@ def test_forge_is_left_alone(monkeypatch, tmp_path, capsys):
     install_fake_webui(monkeypatch, "1.10.1", tmp_path, forge=True, extensions=[REPO_ROOT])
     from modules import sd_models
 
-    from extensions_ssd1b.webui import ORIGINAL_ATTRIBUTE
+    from extensions_ssd1b.host.patching import ORIGINAL_ATTRIBUTE
 
     assert not hasattr(sd_models.load_model_weights, ORIGINAL_ATTRIBUTE)
     assert capsys.readouterr().out.count("Forge detected") == 1

@@ -13,8 +13,8 @@ import pytest
 import torch
 from diffusers_reference import example_inputs, random_state_dict, reference_unet, run_diffusers, run_sgm
 
-from extensions_ssd1b.families import FAMILIES_BY_KEY
-from extensions_ssd1b.unet_builder import build_unet
+from extensions_ssd1b.arch.families import FAMILIES_BY_KEY
+from extensions_ssd1b.arch.unet_builder import build_unet
 
 pytestmark = pytest.mark.webui
 

@@ -25,9 +25,9 @@ from webui_checks import (
     write_stock_yaml_beside,
 )
 
-from extensions_ssd1b.families import FAMILIES_BY_KEY
-from extensions_ssd1b.layout import layout_from_sgm_params
-from extensions_ssd1b.samples import write_sample
+from extensions_ssd1b.arch.families import FAMILIES_BY_KEY
+from extensions_ssd1b.arch.layout import layout_from_sgm_params
+from extensions_ssd1b.tools.samples import write_sample
 
 pytestmark = pytest.mark.webui
 
@@ -46,7 +46,7 @@ def test_switching_between_sdxl_and_distilled_models_never_keeps_stale_weights(r
     from modules import sd_models
     from sgm.modules.diffusionmodules.openaimodel import UNetModel
 
-    from extensions_ssd1b.unet_builder import is_ssd1b_unet
+    from extensions_ssd1b.arch.unet_builder import is_ssd1b_unet
 
     files = {}
     for seed, key in enumerate(("sdxl", "ssd-1b", "segmind-vega", "koala-700m")):
@@ -85,7 +85,7 @@ def test_a_diffusers_folder_in_the_checkpoint_list_loads_in_place(real_webui):
     from modules import sd_models, shared
     from safetensors.torch import load_file
 
-    from extensions_ssd1b.unet_builder import is_ssd1b_unet
+    from extensions_ssd1b.arch.unet_builder import is_ssd1b_unet
 
     unet_file, weights = write_reduced_pipeline(real_webui.checkpoints_dir, "ssd-1b-diffusers", "ssd-1b", seed=0)
     root = unet_file.parent.parent

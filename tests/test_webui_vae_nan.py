@@ -25,10 +25,13 @@ import torch
 from fakewebui import install_fake_webui, ssd1b_shaped, without_vae
 from fakewebui.install import real_webui_root
 
-from extensions_ssd1b import infotext, settings, vae_nan, webui
-from extensions_ssd1b.families import FAMILIES_BY_KEY
-from extensions_ssd1b.settings import SETTINGS
-from extensions_ssd1b.vae_choice import FP16_FIX_FILE
+from extensions_ssd1b.arch.families import FAMILIES_BY_KEY
+from extensions_ssd1b.core import infotext, settings
+from extensions_ssd1b.core.settings import SETTINGS
+from extensions_ssd1b.host import checkpoints, safety, sampling
+from extensions_ssd1b.host import vae as host_vae
+from extensions_ssd1b.vae import nan as vae_nan
+from extensions_ssd1b.vae.choice import FP16_FIX_FILE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HALF_PRECISION = ("--use-cpu", "all", "--no-download-sd-model", "--do-not-download-clip")
@@ -152,7 +155,7 @@ def test_settings_round_trip_api_restart_and_infotext(monkeypatch: pytest.Monkey
     from modules import shared
 
     assert {key: getattr(shared.opts, key) for key in chosen} == chosen
-    assert webui.read_settings().vae_precision is settings.Precision.FP32
+    assert host_vae.read_settings().vae_precision is settings.Precision.FP32
 
     text = "a cat\nSteps: 2, Sampler: Euler, Seed: 1, SSD-1B VAE: checkpoint, SSD-1B VAE precision: bf16"
     pasted = fake.paste_infotext(text)  # v1.6's parser mangles the keys; on_infotext_pasted mends them
@@ -199,7 +202,7 @@ def test_checkpoint_without_any_vae_stops_before_sampling(
     script_callbacks.on_cfg_denoised(lambda params: steps.append(params.sampling_step))
     assert fake.select_checkpoint("no-vae")
 
-    with pytest.raises(webui.VaeUnavailable) as refused:
+    with pytest.raises(safety.VaeUnavailable) as refused:
         fake.txt2img()
     message = str(refused.value)
     assert FP16_FIX_FILE in message and "taesdxl_decoder.pth" in message
@@ -230,20 +233,20 @@ def test_explicit_choices_are_honoured(fake_webui_factory) -> None:
 
     shared.opts.set("ssd1b_vae", "Automatic")
     shared.opts.set("sd_vae", "None")  # "the checkpoint's own", which has none: refused, not gray
-    with pytest.raises(webui.VaeUnavailable, match="'None'"):
+    with pytest.raises(safety.VaeUnavailable, match="'None'"):
         fake.txt2img()
 
 
 def as_stock_sdxl(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     """Headers of ``name`` read as SDXL base (the stand-in's test-scale widths match no real family)."""
-    detect_file = webui.detect_checkpoint_file
+    detect_file = checkpoints.detect_checkpoint_file
 
     def detect(path: Any) -> Any:
         detection = detect_file(path)
         is_it = Path(path).name == f"{name}.safetensors"
         return dataclasses.replace(detection, family=FAMILIES_BY_KEY["sdxl"]) if is_it else detection
 
-    monkeypatch.setattr(webui, "detect_checkpoint_file", detect)
+    monkeypatch.setattr(checkpoints, "detect_checkpoint_file", detect)
 
 
 @stand_in_only
@@ -299,7 +302,7 @@ def test_vae_decode_overflow_is_redone_in_fp32_and_remembered(
     assert calls == [torch.float32]  # straight to the learned precision: no wasted fp16 decode
     assert params(second)[infotext.KEY_NAN_RECOVERY] == "decode fp16->fp32 remembered"
     assert len(shown) == 1  # nothing new to tell
-    store = json.loads((fake.data_dir / webui.DATA_FOLDER / vae_nan.PrecisionStore.FILE_NAME).read_text())
+    store = json.loads((fake.data_dir / safety.DATA_FOLDER / vae_nan.PrecisionStore.FILE_NAME).read_text())
     assert [entry["decode"] for entry in store["vaes"].values()] == ["fp32"]
 
     # No session-wide switch: the host's VAE dtype is as it was, and another VAE starts in fp16.
@@ -436,7 +439,7 @@ def test_noise_rewinder_restarts_the_batch_generator() -> None:
 
     p = P()
     first = p.rng.next()
-    rewind = webui._noise_rewinder(p)
+    rewind = sampling.noise_rewinder(p)
     p.rng = ImageRNG((4, 16, 16), [1])  # e.g. the hires pass replaced it
     rewind()
     assert p.rng.subseed_strength == 0.5 and torch.equal(p.rng.next(), first)
@@ -480,7 +483,7 @@ def test_taesd_xl_without_its_files_names_them(fake_webui_factory) -> None:
 
     assert fake.select_checkpoint("no-vae")
     shared.opts.set("ssd1b_vae", "TAESD-XL")
-    with pytest.raises(webui.VaeUnavailable) as missing:
+    with pytest.raises(safety.VaeUnavailable) as missing:
         fake.txt2img()
     assert "taesdxl_decoder.pth" in str(missing.value) and "VAE-taesd" in str(missing.value)
 
@@ -492,7 +495,7 @@ def write_random_sdxl_vae(path: Path, seed: int = 0) -> Path:
     """A full-size SDXL VAE (LDM names) with fan-in scaled random weights: decodes to a non-flat image."""
     import safetensors.torch
 
-    from extensions_ssd1b.components import SDXL_VAE, vae_tensors
+    from extensions_ssd1b.arch.components import SDXL_VAE, vae_tensors
 
     generator = torch.Generator().manual_seed(seed)
     tensors = {}
@@ -530,7 +533,7 @@ def give_text_encoders_a_mean(path: Path) -> None:
     new_mean)``): NaN conditioning.  With constant-ish position embeddings every hidden state is
     that embedding (zero layers add nothing), so the conditioning is finite and cheap.
     """
-    from extensions_ssd1b.safetensors_header import read_header
+    from extensions_ssd1b.io.header import read_header
 
     header = read_header(path)
     generator = torch.Generator().manual_seed(0)
@@ -563,7 +566,7 @@ def vae_less_checkpoint(real_webui) -> Path:
 
     path, _ = write_reduced_checkpoint(real_webui.checkpoints_dir, "ssd-1b-no-vae", "ssd-1b", seed=0)
     give_text_encoders_a_mean(path)
-    assert webui.detect_checkpoint_file(path).layout == webui_scale("ssd-1b")
+    assert checkpoints.detect_checkpoint_file(path).layout == webui_scale("ssd-1b")
     real_webui.refresh()
     sd_models.reload_model_weights(info=sd_models.checkpoint_aliases[path.name])
     return path

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import torch
 
-from extensions_ssd1b.components import SDXL_CLIP_G, SDXL_CLIP_L
-from extensions_ssd1b.detect import LDM_UNET_PREFIX, Form
-from extensions_ssd1b.families import FAMILIES_BY_KEY
-from extensions_ssd1b.layout import UNetLayout, ldm_to_diffusers_names
-from extensions_ssd1b.safetensors_header import read_header
-from extensions_ssd1b.samples import TensorSpec, sample_shapes, write_diffusers_pipeline, write_safetensors
+from extensions_ssd1b.arch.components import SDXL_CLIP_G, SDXL_CLIP_L
+from extensions_ssd1b.arch.detect import LDM_UNET_PREFIX, Form
+from extensions_ssd1b.arch.families import FAMILIES_BY_KEY
+from extensions_ssd1b.arch.layout import UNetLayout, ldm_to_diffusers_names
+from extensions_ssd1b.io.header import read_header
+from extensions_ssd1b.io.write import TensorSpec
+from extensions_ssd1b.tools.samples import sample_shapes, write_diffusers_pipeline, write_safetensors
 
 
 def webui_scale(family_key: str) -> UNetLayout:

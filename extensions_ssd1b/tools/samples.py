@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from .components import (
+from ..arch.components import (
     ADM_SCALAR_WIDTH,
     ADM_SCALARS_BASE,
     ADM_SCALARS_REFINER,
@@ -33,46 +33,15 @@ from .components import (
     single_file_component_shapes,
     vae_diffusers_tensors,
 )
-from .detect import LDM_UNET_PREFIX, Form
-from .families import FAMILIES_BY_KEY
-from .layout import Shape, UNetLayout, ldm_to_diffusers_names, unet_tensor_shapes
-from .safetensors_header import DTYPE_SIZES
+from ..arch.detect import LDM_UNET_PREFIX, Form
+from ..arch.families import FAMILIES_BY_KEY
+from ..arch.layout import Shape, UNetLayout, ldm_to_diffusers_names, unet_tensor_shapes
+from ..io.write import TensorSpec, write_text
+from ..io.write import write_safetensors as write_file
 
 FORMS = tuple(form.value for form in Form)
 SMALL_VAE = VaeSpec(channels=8)
 _POOL_VALUES = 1 << 21  # random values drawn once per file (finite in fp16, never all zero)
-
-
-# -- safetensors from shapes ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    dtype: str
-    shape: Shape
-
-    @property
-    def nbytes(self) -> int:
-        return math.prod(self.shape) * DTYPE_SIZES[self.dtype]
-
-
-def header_bytes(tensors: Sequence[TensorSpec], metadata: Mapping[str, str] | None = None) -> tuple[bytes, int]:
-    """The 8-byte length, the JSON header (padded to 8 bytes) and the size of the data section."""
-    document: dict[str, object] = {}
-    if metadata:
-        document["__metadata__"] = dict(metadata)
-    offset = 0
-    for tensor in tensors:
-        document[tensor.name] = {
-            "dtype": tensor.dtype,
-            "shape": list(tensor.shape),
-            "data_offsets": [offset, offset + tensor.nbytes],
-        }
-        offset += tensor.nbytes
-    raw = json.dumps(document, separators=(",", ":")).encode("utf-8")
-    raw += b" " * (-len(raw) % 8)  # keep tensor data 8-byte aligned, as safetensors does
-    return len(raw).to_bytes(8, "little") + raw, offset
 
 
 def is_refiner(family_key: str, layout: UNetLayout | None = None) -> bool:
@@ -131,16 +100,14 @@ def write_safetensors(
     metadata: dict[str, str] | None = None,
 ) -> Path:
     """Write a safetensors file with these tensors: a hole (``sparse``) or random finite values."""
-    path = Path(path)
-    header, data_size = header_bytes(tensors, metadata)
-    with open(path, "wb") as handle:
-        handle.write(header)
-        if sparse:
-            handle.truncate(len(header) + data_size)
-            return path
+    if sparse:
+        return write_file(path, tensors, metadata=metadata)
+
+    def random_values(handle: IO[bytes]) -> None:
         import numpy as np  # only real-data samples need it; inspect's sparse sample does not
 
-        from .convert import CASTABLE, cast
+        from ..io.cast import cast
+        from ..io.dtypes import CASTABLE
 
         rng = np.random.default_rng(seed)
         # One pool of random values, read from a random place for each tensor: distinct contents per
@@ -158,7 +125,8 @@ def write_safetensors(
                 handle.write(bytes(cast(_fan_in_scaled(piece, tensor).tobytes(), "F32", tensor.dtype)[0]))
                 remaining -= len(piece)
                 position = 0
-    return path
+
+    return write_file(path, tensors, random_values, metadata=metadata)
 
 
 def _fan_in_scaled(values: Any, tensor: TensorSpec) -> Any:
@@ -292,7 +260,7 @@ def write_diffusers_pipeline(
             write_safetensors(root / folder / name, part, sparse=sparse, seed=seed + 100 * index + shard)
             weight_map.update({spec.name: name for spec in part})
         index_file = root / folder / f"{stem}.safetensors.index{suffix}.json"
-        index_file.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=1))
+        write_text(index_file, json.dumps({"metadata": {}, "weight_map": weight_map}, indent=1))
     model_index = {
         "_class_name": "StableDiffusionXLImg2ImgPipeline" if refiner else "StableDiffusionXLPipeline",
         "unet": ["diffusers", "UNet2DConditionModel"],
@@ -301,7 +269,7 @@ def write_diffusers_pipeline(
     }
     if clip_l is not None:
         model_index["text_encoder"] = ["transformers", "CLIPTextModel"]
-    (root / "model_index.json").write_text(json.dumps(model_index, indent=1))
+    write_text(root / "model_index.json", json.dumps(model_index, indent=1))
     return root
 
 

@@ -19,8 +19,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import __version__
-from .errors import CheckpointError, Ssd1bError
+from .. import __version__
+from ..core.errors import CheckpointError, Ssd1bError
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 PROG = "python -m extensions_ssd1b"
@@ -28,7 +28,7 @@ PROG = "python -m extensions_ssd1b"
 
 def webui_checkpoint_dir(package_dir: Path | None = None) -> Path | None:
     """``<root>/models/Stable-diffusion`` when this extension sits at ``<root>/extensions/<name>``."""
-    package_dir = package_dir or Path(__file__).resolve().parent
+    package_dir = package_dir or Path(__file__).resolve().parents[1]
     extension = package_dir.parent
     if extension.parent.name != "extensions":
         return None
@@ -151,7 +151,7 @@ def _inspect(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _verify_reports(paths: Sequence[str], progress: bool | None) -> list[dict[str, Any]]:
-    from .components import DIFFUSERS_PARTS, weight_files
+    from ..diffusers.folder import DIFFUSERS_PARTS, weight_files
     from .report import expand, inspect_diffusers_folder
     from .verify import VerifyReport, verify_file
 

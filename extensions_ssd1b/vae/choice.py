@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from . import infotext
-from .errors import CheckpointError
-from .safetensors_header import read_header
-from .settings import VAE_AUTOMATIC, VAE_TAESD_XL, Precision
-from .vae_nan import (
+from ..core import infotext
+from ..core.errors import CheckpointError
+from ..core.settings import VAE_AUTOMATIC, VAE_TAESD_XL, Precision
+from ..io.header import read_header
+from .nan import (
     TAESD_DIR,
     TAESD_URL,
     TAESDXL_DECODER,
@@ -51,8 +51,8 @@ KNOWN_SHA256 = {
     "235745af8d86bf4a4c1b5b4f529868b37019a10f7c0b2e79ad0abca3a22bc6e1": VaeKind.FP16_FIX,
     "63aeecb90ff7bc1c115395962d3e803571385b61938377bc7089b36e81e92e2e": VaeKind.SDXL,
 }
-# vae_nan.vae_fingerprint of known VAEs.  Empty until computed from the real files (no weights here):
-# run vae_nan.file_fingerprint() on sdxl.vae.safetensors and sdxl_vae.safetensors and add them.
+# nan.vae_fingerprint of known VAEs.  Empty until computed from the real files (no weights here):
+# run nan.file_fingerprint() on sdxl.vae.safetensors and sdxl_vae.safetensors and add them.
 KNOWN_FINGERPRINTS: dict[str, VaeKind] = {}
 
 # fp16-fix as it is usually saved: its repo's "sdxl.vae.safetensors", or any name saying fp16-fix.

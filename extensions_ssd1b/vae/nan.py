@@ -19,8 +19,7 @@ import json
 import logging
 import math
 import os
-import tempfile
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import Enum
@@ -29,17 +28,19 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from . import infotext
-from .errors import CheckpointError, Ssd1bError
-from .safetensors_header import SafetensorsHeader, read_header
-from .settings import NanPolicy, Precision
+from ..core import infotext
+from ..core.errors import CheckpointError, Ssd1bError
+from ..core.settings import NanPolicy, Precision
+from ..io import dtypes
+from ..io.header import SafetensorsHeader, read_header
+from ..io.read import read_tensors
+from ..io.write import write_text
 
 log = logging.getLogger(__name__)
 
 DTYPES: Mapping[Precision, torch.dtype] = {
-    Precision.FP16: torch.float16,
-    Precision.BF16: torch.bfloat16,
-    Precision.FP32: torch.float32,
+    precision: getattr(torch, dtypes.DTYPES[dtypes.BY_VARIANT[precision.value]].torch)
+    for precision in (Precision.FP16, Precision.BF16, Precision.FP32)
 }
 _RANGE_ORDER = (Precision.FP16, Precision.BF16, Precision.FP32)  # by exponent range: fp16 overflows first
 _PRECISION_NAMES = frozenset(precision.value for precision in DTYPES)
@@ -252,7 +253,7 @@ class PrecisionStore:
         except FileNotFoundError:
             return {}
         except OSError as error:
-            log.warning("SSD-1B: cannot read %s (%s); starting without remembered VAE precisions", self.path, error)
+            log.warning("cannot read %s (%s); starting without remembered VAE precisions", self.path, error)
             return {}
         try:
             document = json.loads(text)
@@ -262,7 +263,7 @@ class PrecisionStore:
             if not isinstance(vaes, dict):
                 raise ValueError("'vaes' is not an object")
         except (ValueError, KeyError) as error:
-            log.warning("SSD-1B: ignoring corrupt %s (%s); it is rewritten at the next NaN recovery", self.path, error)
+            log.warning("ignoring corrupt %s (%s); it is rewritten at the next NaN recovery", self.path, error)
             return {}
         entries = {}
         for fingerprint, entry in vaes.items():
@@ -299,23 +300,12 @@ class PrecisionStore:
 
     def _save(self) -> None:
         document = {"format": self.FORMAT, "vaes": self._entries}
-        temporary: str | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            # Same directory as the target, so os.replace is an atomic rename: a crash leaves old or new.
-            with tempfile.NamedTemporaryFile(
-                "w", encoding="utf-8", dir=self.path.parent, prefix=self.path.name, suffix=".tmp", delete=False
-            ) as handle:
-                temporary = handle.name
-                json.dump(document, handle, indent=1, sort_keys=True)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, self.path)
+            # Atomic (temp file + rename in the same folder): a crash leaves the old file or the new one.
+            write_text(self.path, json.dumps(document, indent=1, sort_keys=True))
         except OSError as error:
-            log.warning("SSD-1B: cannot write %s (%s); VAE precisions are kept for this session only", self.path, error)
-            if temporary is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(temporary)
+            log.warning("cannot write %s (%s); VAE precisions are kept for this session only", self.path, error)
 
 
 WithPrecision = Callable[[Precision], AbstractContextManager[object]]
@@ -478,34 +468,16 @@ def vae_fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()[:16]
 
 
-_SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
-
-
-def read_tensors(header: SafetensorsHeader, names: Iterable[str]) -> dict[str, torch.Tensor]:
-    """Read only ``names`` from the file ``header`` came from (seek + read; nothing else is touched)."""
-    tensors = {}
-    with open(header.path, "rb") as handle:
-        for name in names:
-            info = header.tensors[name]
-            dtype = _SAFETENSORS_DTYPES.get(info.dtype)
-            if dtype is None:
-                raise CheckpointError(header.path, f"tensor {name!r} is {info.dtype}, not a float VAE weight")
-            handle.seek(header.data_start + info.begin)
-            data = handle.read(info.nbytes)
-            if len(data) != info.nbytes:
-                raise CheckpointError(header.path, f"tensor {name!r} is cut short (file truncated?)")
-            tensors[name] = torch.frombuffer(bytearray(data), dtype=dtype).reshape(info.shape)
-    return tensors
-
-
 def file_fingerprint(path: str | os.PathLike[str], header: SafetensorsHeader | None = None) -> str | None:
     """Fingerprint of the VAE inside a .safetensors checkpoint or VAE file, or None if it has none."""
     header = header or read_header(path)
     sources = fingerprint_sources(header.tensors.keys())
     if sources is None:
         return None
-    tensors = read_tensors(header, sources.values())
-    return vae_fingerprint({name: tensors[name] for name in sources.values()})
+    for name in sources.values():
+        if not dtypes.DTYPES[stored := header.tensors[name].dtype].castable:
+            raise CheckpointError(header.path, f"tensor {name!r} is {stored}, not a float VAE weight")
+    return vae_fingerprint(read_tensors(header.path, sources.values()))
 
 
 # --- UNet NaN: watch every step on the device, decide once at the end ----------------------------

@@ -14,11 +14,10 @@ import functools
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from ..core.errors import LayoutError
 from .detect import CLIP_G_PREFIXES, CLIP_L_PREFIX, VAE_PREFIX, compare_shapes
-from .errors import CheckpointError, LayoutError
 from .layout import Shape, UNetLayout
 
 ShapeMap = Mapping[str, Sequence[int]]
@@ -462,54 +461,3 @@ def single_file_component_shapes(
     if vae is not None:
         shapes.update({VAE_PREFIX + k: v for k, v in vae_tensors(vae).items()})
     return shapes
-
-
-# -- diffusers folders ----------------------------------------------------------------------------
-
-# The parts of a diffusers SDXL folder and the stem of their weight files.
-DIFFUSERS_PARTS = (
-    ("unet", "diffusion_pytorch_model"),
-    ("text_encoder", "model"),
-    ("text_encoder_2", "model"),
-    ("vae", "diffusion_pytorch_model"),
-)
-
-_WEIGHT_FILE = re.compile(r"^(?P<stem>[A-Za-z_]+)(?P<rest>(?:[.-][\w-]+)*)\.safetensors$")
-_SHARD = re.compile(r"-(\d{5})-of-(\d{5})")
-
-
-def is_diffusers_folder(path: Path) -> bool:
-    """A diffusers SDXL pipeline folder (``model_index.json`` or a second text encoder beside ``unet/``)."""
-    return (path / "unet").is_dir() and ((path / "model_index.json").is_file() or (path / "text_encoder_2").is_dir())
-
-
-def weight_variant(path: Path) -> tuple[str, str] | None:
-    """(stem, variant) of a diffusers weight file: ``unet/diffusion_pytorch_model.fp16-00001-of-00002``
-    is ("diffusion_pytorch_model", "fp16"); None for a name diffusers does not write."""
-    m = _WEIGHT_FILE.match(path.name)
-    return (m.group("stem"), _SHARD.sub("", m.group("rest")).strip(".")) if m else None
-
-
-def weight_files(folder: Path, stem: str, dtype: str, variant: str | None = None) -> list[Path]:
-    """The safetensors weights of one diffusers component folder: one variant, all its shards.
-
-    ``variant`` ("fp16", "" for none …) is taken when the folder has it; otherwise the one that
-    matches ``dtype``, else the plain one."""
-    groups: dict[str, list[Path]] = {}
-    for path in sorted(folder.glob("*.safetensors")):
-        named = weight_variant(path)
-        if named is None or named[0] != stem:
-            continue
-        groups.setdefault(named[1], []).append(path)
-    if not groups:
-        pickles = sorted(p.name for p in folder.glob("*.bin"))
-        hint = f" (only {', '.join(pickles)}: pickle files are not read, they can run code)" if pickles else ""
-        raise CheckpointError(folder, f"no {stem}*.safetensors weights{hint}")
-    preferred = {"F16": "fp16", "BF16": "bf16", "F32": ""}[dtype]
-    if variant not in groups:
-        variant = preferred if preferred in groups else "" if "" in groups else sorted(groups)[0]
-    files = groups[variant]
-    counts = {int(m.group(2)) for f in files if (m := _SHARD.search(f.name))}
-    if counts and (len(counts) != 1 or len(files) != counts.pop()):
-        raise CheckpointError(folder, f"the {stem} shards are incomplete ({len(files)} files found)")
-    return files

@@ -1,9 +1,8 @@
-"""The header fast path reads only what ``json`` reads the same way, and reads it the same way.
+"""The validating header reader: every header a user can meet is read as ``json`` reads it, or refused with a reason.
 
-``_parse_canonical`` handles headers exactly as safetensors writes them without ``json``; anything
-else it must hand back (None) to ``_parse_json``, the reference with the detailed errors.  Every
-header here goes through both: when the fast path accepts, the JSON path must accept too and
-return the same tensors (in the same order) and metadata.
+Well-formed headers are checked a column at a time (``_checked_columns``); anything that check
+declines is checked entry by entry (``_tensor_info``), which names what is wrong.  The two must
+agree: whatever the column check accepts, the entry-by-entry path accepts with the same result.
 """
 
 from __future__ import annotations
@@ -19,41 +18,42 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save
 
-from extensions_ssd1b.errors import CheckpointError
-from extensions_ssd1b.safetensors_header import (
-    DTYPE_SIZES,
-    _parse_canonical,
-    _parse_json,
-    parse_header,
-    read_header,
-)
-from extensions_ssd1b.samples import write_sample
+from extensions_ssd1b.core.errors import CheckpointError
+from extensions_ssd1b.io.dtypes import SIZES
+from extensions_ssd1b.io.header import _check_overlaps, _checked_columns, _tensor_info, parse_header, read_header
+from extensions_ssd1b.tools.samples import write_sample
 
 PATH = Path("header.safetensors")
-Parsed = tuple[list[tuple[str, object]], dict[str, str]]
+Tensors = list[tuple[str, object]]
 
 
-def both(raw: bytes, data_size: int) -> tuple[Parsed | None, Parsed | None]:
-    """(fast result or None, JSON result or None when it raises), tensors as ordered item lists."""
-    text = raw.decode("utf-8")
-    fast = _parse_canonical(text, data_size)
+def tensors_of(raw: bytes, data_size: int) -> Tensors | None:
+    """The tensors the reader makes of ``raw`` (in order), or None when it refuses the header."""
     try:
-        slow = _parse_json(PATH, text, data_size)
+        return list(parse_header(PATH, raw, 8 + len(raw) + data_size).tensors.items())
     except CheckpointError:
-        slow = None
-    return (
-        None if fast is None else (list(fast[0].items()), fast[1]),
-        None if slow is None else (list(slow[0].items()), slow[1]),
-    )
+        return None
 
 
 def assert_agree(raw: bytes, data_size: int) -> bool:
-    """Fast and JSON path agree on ``raw``; True when the fast path took it."""
-    fast, slow = both(raw, data_size)
-    if fast is not None:
-        assert slow is not None, f"fast path accepted a header the JSON path rejects: {raw[:300]!r}"
-        assert fast == slow
-    return fast is not None
+    """The column check and the entry-by-entry check agree on ``raw``; True when the column check took it."""
+    try:
+        document = json.loads(raw)
+    except (ValueError, RecursionError):
+        return False
+    if not isinstance(document, dict):
+        return False
+    document.pop("__metadata__", None)
+    columns = _checked_columns(document, data_size)
+    try:
+        entries = {name: _tensor_info(PATH, name, entry, data_size) for name, entry in document.items()}
+        _check_overlaps(PATH, entries)
+    except CheckpointError:
+        entries = None
+    if columns is not None:
+        assert entries is not None, f"the column check accepted a header the entry checks refuse: {raw[:300]!r}"
+        assert list(columns.items()) == list(entries.items())
+    return columns is not None
 
 
 def compact(document: object, ensure_ascii: bool = False) -> bytes:
@@ -66,7 +66,7 @@ def entries(*tensors: tuple[str, str, list[int]], metadata: dict | None = None) 
     document: dict[str, object] = {} if metadata is None else {"__metadata__": metadata}
     offset = 0
     for name, dtype, shape in tensors:
-        size = int(np.prod(shape)) * DTYPE_SIZES[dtype]
+        size = int(np.prod(shape)) * SIZES[dtype]
         document[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
         offset += size
     return document, offset
@@ -75,10 +75,10 @@ def entries(*tensors: tuple[str, str, list[int]], metadata: dict | None = None) 
 THREE = (("a.weight", "F16", [2, 3]), ("a.bias", "F32", [3]), ("b", "BF16", [1, 2]))
 
 
-# -- what the fast path is for ---------------------------------------------------------------------
+# -- what safetensors writes -----------------------------------------------------------------------
 
 
-def test_the_fast_path_reads_what_safetensors_writes():
+def test_what_safetensors_writes_is_read_by_the_column_check():
     tensors = {
         "model.diffusion_model.out.2.weight": np.zeros((4, 320, 3, 3), np.float16),
         "empty": np.zeros((0, 7), np.float32),
@@ -95,24 +95,23 @@ def test_the_fast_path_reads_what_safetensors_writes():
     assert header.metadata == {"modelspec.title": "ü", "format": "pt"}
 
 
-def test_the_fast_path_reads_a_full_size_sample(tmp_path):
+def test_a_full_size_sample_is_read_by_the_column_check(tmp_path):
     path = write_sample(tmp_path / "ssd-1b.safetensors", "ssd-1b", sparse=True)
     with open(path, "rb") as handle:  # the header only: the data is a 4.5 GB hole
         raw = handle.read(struct.unpack("<Q", handle.read(8))[0])
     data_size = path.stat().st_size - 8 - len(raw)
     assert assert_agree(raw, data_size)
-    assert read_header(path).tensors == _parse_json(path, raw.decode(), data_size)[0]
+    assert list(read_header(path).tensors.items()) == tensors_of(raw, data_size)
 
 
 @pytest.mark.parametrize("metadata", [None, {}, {"a": "1", "b": ""}, {"__metadata__": "x", "data_offsets": "y"}])
-def test_metadata_variants_agree(metadata):
+def test_metadata_variants(metadata):
     document, size = entries(*THREE, metadata=metadata)
     assert assert_agree(compact(document), size)
+    assert tensors_of(compact(document), size) is not None
 
 
-# -- what it must hand back ------------------------------------------------------------------------
-
-
+# -- everything else -------------------------------------------------------------------------------
 def _replace(raw: bytes, old: str, new: str) -> bytes:
     assert old.encode() in raw, old
     return raw.replace(old.encode(), new.encode(), 1)
@@ -120,7 +119,7 @@ def _replace(raw: bytes, old: str, new: str) -> bytes:
 
 CANONICAL, SIZE = compact(entries(*THREE, metadata={"k": "v"})[0]), entries(*THREE)[1]
 VALID, BROKEN = True, False
-NOT_CANONICAL = {  # name: (header, does the JSON path read it?)
+HEADERS = {  # name: (header, is it a valid header?)
     "spaces after separators": (json.dumps(entries(*THREE)[0]).encode(), VALID),
     "escaped unicode name": (compact(entries(("é", "F16", [1]))[0], ensure_ascii=True), VALID),
     "escaped quote in a name": (compact(entries(('a":{"dtype":"F16', "F16", [1]))[0]), VALID),
@@ -166,26 +165,26 @@ NOT_CANONICAL = {  # name: (header, does the JSON path read it?)
 }
 
 
-def test_the_canonical_reference_is_taken():
+def test_the_reference_header_is_read():
     assert assert_agree(CANONICAL, SIZE)
+    assert tensors_of(CANONICAL, SIZE) is not None
 
 
-@pytest.mark.parametrize("name", NOT_CANONICAL)
-def test_everything_else_is_left_to_the_json_path(name):
-    raw, valid = NOT_CANONICAL[name]
-    fast, slow = both(raw, SIZE)
-    assert fast is None
-    assert (slow is not None) is valid
+@pytest.mark.parametrize("name", HEADERS)
+def test_every_header_is_read_or_refused(name):
+    raw, valid = HEADERS[name]
+    assert_agree(raw, SIZE)
+    assert (tensors_of(raw, SIZE) is not None) is valid
 
 
-def test_offsets_are_left_to_the_json_path_unless_back_to_back_inside_the_data():
-    assert not assert_agree(CANONICAL, SIZE - 1)
+def test_offsets_must_stay_inside_the_data_and_may_leave_gaps():
+    assert tensors_of(CANONICAL, SIZE - 1) is None
     assert assert_agree(CANONICAL, SIZE + 100)  # bytes after the last tensor are allowed
-    fast, slow = both(_replace(CANONICAL, "[24,28]", "[28,32]"), SIZE + 4)  # a gap: valid, not canonical
-    assert fast is None and slow is not None
+    gap = _replace(CANONICAL, "[24,28]", "[28,32]")
+    assert not assert_agree(gap, SIZE + 4) and tensors_of(gap, SIZE + 4) is not None  # read entry by entry
 
 
-def test_single_byte_mutations_never_make_the_paths_disagree():
+def test_single_byte_mutations_never_make_the_checks_disagree():
     rng = random.Random(20240611)
     alphabet = '"{}[]:,0123456789 \\-.eFU_\x01'
     text = CANONICAL.decode()
@@ -196,12 +195,12 @@ def test_single_byte_mutations_never_make_the_paths_disagree():
         c = rng.choice(alphabet)
         mutated = text[:i] + (c if op < 2 else "") + text[i + (op != 1) :]
         taken += assert_agree(mutated.encode(), SIZE)
-    assert taken  # some mutations (in names, say) stay canonical
+    assert taken  # some mutations (in names, say) keep the header well-formed
 
 
 names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
 shapes = st.lists(st.integers(0, 5), max_size=3)
-tensors = st.lists(st.tuples(names, st.sampled_from(sorted(DTYPE_SIZES)), shapes), min_size=1, max_size=6)
+tensors = st.lists(st.tuples(names, st.sampled_from(sorted(SIZES)), shapes), min_size=1, max_size=6)
 
 
 @settings(max_examples=300, deadline=None)
@@ -211,5 +210,5 @@ def test_generated_headers_agree(tensors, metadata, ascii_only):
     raw = compact(document, ensure_ascii=ascii_only)
     taken = assert_agree(raw, size)
     tensor_names = [name for name, _, _ in tensors]
-    if b"\\" not in raw and len(set(tensor_names)) == len(tensor_names) and "__metadata__" not in tensor_names:
-        assert taken  # no escapes, no duplicates: the form safetensors writes
+    if len(set(tensor_names)) == len(tensor_names) and "__metadata__" not in tensor_names:
+        assert taken  # no duplicates: the form safetensors writes, whatever the names

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from typing import Any
 
 
 class Ssd1bError(Exception):
@@ -32,3 +34,12 @@ class NotSdxlFamily(Ssd1bError):
     def __init__(self, kind: str, detail: str = "") -> None:
         self.kind = kind
         super().__init__(f"not an SDXL-family checkpoint: {kind}" + (f" ({detail})" if detail else ""))
+
+
+def error_json(error: Ssd1bError, path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A typed error as JSON; the message always starts with the file it is about."""
+    problems = error.problems if isinstance(error, LayoutError) else [str(error)]
+    message = str(error)
+    if not message.startswith(str(path)):
+        message = f"{path}: {message}"
+    return {"type": type(error).__name__, "message": message, "problems": problems}

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from enum import Enum
 from types import MappingProxyType
 
-from .errors import LayoutError, NotSdxlFamily
+from ..core.errors import LayoutError, NotSdxlFamily
 from .families import CUSTOM_DISTILLED, FAMILIES, Family, match_family
 from .layout import Middle, Shape, UNetLayout, ldm_to_diffusers_names, unet_tensor_shapes
 

@@ -13,119 +13,20 @@ mixed floating dtypes inside one component.
 
 from __future__ import annotations
 
-import errno
 import os
-import sys
-import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
-from .components import module_group
-from .detect import CLIP_G_PREFIXES, CLIP_L_PREFIX, VAE_PREFIX, Detection, block_of, detect
-from .errors import CheckpointError, LayoutError, NotSdxlFamily
-from .report import component_of, error_json, guess_unet_prefix, structure_problems
-from .safetensors_header import SafetensorsHeader, TensorInfo, read_header
-
-CHUNK_BYTES = 8 * 1024 * 1024  # a multiple of every element size
-
-# (bits dtype, exponent mask, everything-but-sign mask) for the IEEE-style formats.
-_FLOAT_BITS: Mapping[str, tuple[str, int, int]] = {
-    "F16": ("<u2", 0x7C00, 0x7FFF),
-    "BF16": ("<u2", 0x7F80, 0x7FFF),
-    "F32": ("<u4", 0x7F800000, 0x7FFFFFFF),
-    "F64": ("<u8", 0x7FF0000000000000, 0x7FFFFFFFFFFFFFFF),
-    "F8_E5M2": ("u1", 0x7C, 0x7F),
-}
-_INT_BITS = {"I64": "<u8", "U64": "<u8", "I32": "<u4", "U32": "<u4", "I16": "<u2", "U16": "<u2"}
-FLOAT_DTYPES = frozenset((*_FLOAT_BITS, "F8_E4M3"))
-
-
-# -- bounded streaming ----------------------------------------------------------------------------
-
-
-class TensorReader:
-    """Yields the bytes of one tensor at a time in chunks of at most ``chunk_bytes``.
-
-    A chunk is a ``memoryview`` of a buffer that the next chunk overwrites, or, where the file has
-    a hole (a sparse file), an ``int``: that many zero bytes, not read at all.
-    """
-
-    def __init__(self, header: SafetensorsHeader, chunk_bytes: int = CHUNK_BYTES) -> None:
-        self.header = header
-        self._buffer = bytearray(chunk_bytes)
-        self._file: IO[bytes] = open(header.path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
-        if os.fstat(self._file.fileno()).st_size != header.file_size:
-            self.close()
-            raise CheckpointError(header.path, "the file changed size since its header was read")
-        self._holes = hasattr(os, "SEEK_DATA")
-
-    def __enter__(self) -> TensorReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._file.close()
-
-    def _is_hole(self, start: int, length: int) -> bool:
-        if not self._holes:
-            return False
-        try:
-            return os.lseek(self._file.fileno(), start, os.SEEK_DATA) >= start + length
-        except OSError as error:
-            if error.errno == errno.ENXIO:  # no data after start: a hole up to the end of the file
-                return True
-            self._holes = False  # the file system cannot tell; read everything
-            return False
-
-    def chunks(self, info: TensorInfo) -> Iterator[memoryview | int]:
-        position = self.header.data_start + info.begin
-        end = self.header.data_start + info.end
-        view = memoryview(self._buffer)
-        while position < end:
-            length = min(len(self._buffer), end - position)
-            if self._is_hole(position, length):
-                yield length
-            else:
-                self._file.seek(position)
-                got = self._file.readinto(view[:length]) or 0
-                if got != length:
-                    raise CheckpointError(self.header.path, f"file ended while reading at byte {position + got}")
-                yield view[:length]
-            position += length
-
-
-class Progress:
-    """A one-line progress bar on stderr, drawn only when stderr is a terminal."""
-
-    def __init__(self, total: int, label: str, enabled: bool | None = None, stream: IO[str] | None = None) -> None:
-        self.stream = stream or sys.stderr
-        self.enabled = self.stream.isatty() if enabled is None else enabled
-        self.total, self.label, self.done = max(total, 1), label, 0
-        self._drawn = 0.0
-
-    def advance(self, amount: int) -> None:
-        self.done += amount
-        now = time.monotonic()
-        if self.enabled and (now - self._drawn > 0.1 or self.done >= self.total):
-            self._drawn = now
-            fraction = min(self.done / self.total, 1.0)
-            bar = "#" * int(fraction * 30)
-            self.stream.write(
-                f"\r{self.label} [{bar:<30}] {fraction:4.0%} {self.done / 1e9:.2f}/{self.total / 1e9:.2f} GB"
-            )
-            self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
-
+from ..arch.classify import block_key, component_of, guess_unet_prefix, structure_problems
+from ..arch.detect import VAE_PREFIX, Detection, detect
+from ..core.errors import CheckpointError, LayoutError, NotSdxlFamily, error_json
+from ..io.dtypes import DTYPES, FLOATS
+from ..io.header import SafetensorsHeader, read_header
+from ..io.stream import CHUNK_BYTES, TensorReader
+from .progress import Progress
 
 # -- per-tensor statistics ------------------------------------------------------------------------
 
@@ -141,34 +42,18 @@ def scan_chunk(chunk: memoryview | int, dtype: str, stats: TensorStats) -> None:
     """Fold one chunk of a tensor into ``stats``."""
     if isinstance(chunk, int):
         return  # a hole: zeros
-    if dtype in _FLOAT_BITS:
-        bits_dtype, exponent, magnitude = _FLOAT_BITS[dtype]
-        bits = np.frombuffer(chunk, dtype=bits_dtype)
-        special = (bits & exponent) == exponent
+    kind = DTYPES[dtype]
+    bits = np.frombuffer(chunk, dtype=kind.bits)
+    if kind.exponent:  # IEEE-style: exponent all ones is Inf (mantissa zero) or NaN
+        special = (bits & kind.exponent) == kind.exponent
         specials = int(np.count_nonzero(special))
         if specials:
-            nans = int(np.count_nonzero((bits & magnitude) > exponent))
+            nans = int(np.count_nonzero((bits & kind.magnitude) > kind.exponent))
             stats.nan += nans
             stats.inf += specials - nans
-        stats.nonzero = stats.nonzero or bool(np.any(bits & magnitude))
-    elif dtype == "F8_E4M3":  # the "fn" variant: no infinities, NaN is S.1111.111
-        bits = np.frombuffer(chunk, dtype="u1")
-        stats.nan += int(np.count_nonzero((bits & 0x7F) == 0x7F))
-        stats.nonzero = stats.nonzero or bool(np.any(bits & 0x7F))
-    else:
-        bits = np.frombuffer(chunk, dtype=_INT_BITS.get(dtype, "u1"))
-        stats.nonzero = stats.nonzero or bool(np.any(bits))
-
-
-# -- grouping -------------------------------------------------------------------------------------
-
-
-def block_key(key: str, unet_prefix: str | None) -> str:
-    """The block a tensor belongs to, for the all-zero check (a transformer block, a ResBlock, a layer)."""
-    if unet_prefix is not None and key.startswith(unet_prefix):
-        return unet_prefix + block_of(key[len(unet_prefix) :])
-    prefix = next((p for p in (CLIP_L_PREFIX, *CLIP_G_PREFIXES, VAE_PREFIX) if key.startswith(p)), "")
-    return prefix + module_group(key[len(prefix) :])
+    elif kind.is_float:  # fp8 e4m3fn: no infinities, NaN is S.1111.111
+        stats.nan += int(np.count_nonzero((bits & kind.magnitude) == kind.magnitude))
+    stats.nonzero = stats.nonzero or bool(np.any(bits & kind.magnitude if kind.is_float else bits))
 
 
 # -- the report -----------------------------------------------------------------------------------
@@ -311,11 +196,11 @@ def _judge(
         by_component[part_of(name)][info.dtype] += 1
     report.dtypes = {component: dict(counts) for component, counts in sorted(by_component.items())}
     for component, counts in sorted(by_component.items()):
-        floats = {d: n for d, n in counts.items() if d in FLOAT_DTYPES}
+        floats = {d: n for d, n in counts.items() if d in FLOATS}
         if len(floats) > 1:
             mix = ", ".join(f"{n} {d}" for d, n in sorted(floats.items(), key=lambda x: -x[1]))
             report.problems.append(f"{component} mixes floating dtypes: {mix}")
-    floats_used = {d for counts in by_component.values() for d in counts if d in FLOAT_DTYPES}
+    floats_used = {d for counts in by_component.values() for d in counts if d in FLOATS}
     if len(floats_used) > 1 and not any("mixes" in p for p in report.problems):
         report.notes.append("components are stored in different dtypes: " + ", ".join(sorted(floats_used)))
 

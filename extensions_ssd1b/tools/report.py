@@ -20,77 +20,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .components import (
-    CLIP_G_BASE_PREFIX,
-    CLIP_G_REFINER_PREFIX,
-    component_problems,
-    find_components,
-    is_diffusers_folder,
-    text_encoder_fit,
-    weight_files,
-)
-from .detect import (
-    CLIP_G_PREFIXES,
-    CLIP_L_PREFIX,
-    LDM_UNET_PREFIX,
-    VAE_PREFIX,
-    Detection,
-    Form,
-    detect,
-    detect_components,
-)
-from .errors import CheckpointError, LayoutError, NotSdxlFamily, Ssd1bError
-from .families import FAMILIES_BY_KEY, Family
-from .layout import Middle, Shape, UNetLayout, layout_to_dict, parameter_count, unet_tensor_shapes
-from .pipeline_folder import pipeline_root
-from .safetensors_header import read_header
+from .. import __version__
+from ..arch.classify import component_of, guess_unet_prefix, structure_problems
+from ..arch.components import CLIP_G_BASE_PREFIX, CLIP_G_REFINER_PREFIX
+from ..arch.detect import CLIP_L_PREFIX, LDM_UNET_PREFIX, Detection, Form, detect, detect_components
+from ..arch.families import FAMILIES_BY_KEY, Family
+from ..arch.layout import Middle, Shape, UNetLayout, layout_to_dict, parameter_count, unet_tensor_shapes
+from ..core.errors import CheckpointError, LayoutError, NotSdxlFamily, error_json
+from ..diffusers.folder import FORM_DIFFUSERS_FOLDER, is_diffusers_folder, pipeline_root, weight_files
+from ..io.header import read_header
 
 SCHEMA_ID = "sd-webui-ssd1b/inspect/1"
 CHECKPOINT_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 A1111_IGNORED_SUFFIXES = (".vae.safetensors", ".vae.ckpt")  # A1111's checkpoint list skips these
 MODELSPEC_KEYS = ("modelspec.title", "modelspec.architecture")
-FORM_DIFFUSERS_FOLDER = "diffusers-folder"
 
 ShapeMap = Mapping[str, Sequence[int]]
 Report = dict[str, Any]
-
-
-# -- which component a tensor belongs to ---------------------------------------------------------
-
-
-def component_of(key: str, unet_prefix: str | None) -> str:
-    if unet_prefix is not None and key.startswith(unet_prefix):
-        return "UNet"
-    if key.startswith(CLIP_L_PREFIX):
-        return "CLIP-L"
-    if key.startswith(CLIP_G_PREFIXES):
-        return "OpenCLIP-bigG"
-    if key.startswith(VAE_PREFIX):
-        return "VAE"
-    return "other"
-
-
-def guess_unet_prefix(keys: Iterable[str]) -> str | None:
-    """The UNet prefix of a file whose layout could not be detected (None: no UNet)."""
-    keys = set(keys)
-    if any(k.startswith(LDM_UNET_PREFIX) for k in keys):
-        return LDM_UNET_PREFIX
-    if "unet.conv_in.weight" in keys:
-        return "unet."
-    if "input_blocks.0.0.weight" in keys or "conv_in.weight" in keys:
-        return ""
-    return None
-
-
-def error_json(error: Ssd1bError, path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A typed error as JSON; the message always starts with the file it is about."""
-    problems = error.problems if isinstance(error, LayoutError) else [str(error)]
-    message = str(error)
-    if not message.startswith(str(path)):
-        message = f"{path}: {message}"
-    return {"type": type(error).__name__, "message": message, "problems": problems}
 
 
 # -- how stock A1111 would treat the file ---------------------------------------------------------
@@ -354,15 +301,6 @@ def _fill_detection(report: Report, shapes: ShapeMap, detection: Detection) -> N
     report["unet_parameters"] = _parameters_of(detection.layout)
     report["unet_tensors"] = len(_shapes_of(detection.layout))
     report["recommended"] = _recommended(detection.family)
-
-
-def structure_problems(shapes: ShapeMap, detection: Detection | None) -> list[str]:
-    components, problems = find_components(shapes)
-    for component in components:
-        problems.extend(component_problems(shapes, component))
-    if detection is not None:
-        problems.extend(text_encoder_fit(shapes, detection.layout))
-    return problems
 
 
 def _notes(report: Report, detection: Detection) -> list[str]:

@@ -170,7 +170,7 @@ def read_values(get: Callable[[str], object]) -> Values:
         if raw is None:
             return setting.default
         if not setting.accepts(raw):
-            log.warning("SSD-1B: setting %s has an invalid value %r; using %r", setting.key, raw, setting.default)
+            log.warning("setting %s has an invalid value %r; using %r", setting.key, raw, setting.default)
             return setting.default
         return str(raw)
 

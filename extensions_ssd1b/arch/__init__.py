@@ -1,0 +1,1 @@
+"""What an SDXL-family checkpoint is: UNet layout, the family table, components, detection and classification."""

@@ -1,0 +1,1 @@
+"""Safetensors files: the validated header, the dtype table, streaming and reading tensor data, the one writer."""
