@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import logging
 from pathlib import Path
 
 import pytest
@@ -207,3 +209,28 @@ def test_forge_is_left_alone(monkeypatch, tmp_path, capsys):
 
     assert not hasattr(sd_models.load_model_weights, ORIGINAL_ATTRIBUTE)
     assert capsys.readouterr().out.count("Forge detected") == 1
+
+
+def test_configs_generated_by_earlier_versions_still_build():
+    """Their YAML target is extensions_ssd1b.webui.build_distilled_unet; new ones name host.config's."""
+    from extensions_ssd1b.host import config
+
+    def target(path: str) -> object:  # what sgm's instantiate_from_config does with a target
+        module, _, name = path.rpartition(".")
+        return getattr(importlib.import_module(module), name)
+
+    assert target("extensions_ssd1b.webui.build_distilled_unet") is config.build_distilled_unet
+    assert target(config.BUILD_TARGET) is config.build_distilled_unet
+
+
+def test_console_lines_carry_the_prefix_and_a_repeat_is_printed_once(capsys):
+    """Our logging records reach stdout even where nobody configured logging (A1111 without --loglevel)."""
+    from extensions_ssd1b.host.console import install_console
+
+    install_console()
+    install_console()  # scripts are re-imported on Reload UI: still one handler
+    log = logging.getLogger("extensions_ssd1b.host.load")
+    log.info("a line for the console")
+    log.info("a line for the console")  # the host asks for the same config twice per load
+    log.debug("not for the console")
+    assert capsys.readouterr().out == "[SSD-1B] a line for the console\n"

@@ -6,7 +6,7 @@ Values produced here never need quoting except file names, which the host quotes
 
 Paste-back: :func:`pasted_values` turns our infotext values into values the settings accept, so the
 host's own ``OptionInfo(infotext=key)`` mapping can apply them (call it from ``on_infotext_pasted``);
-:func:`extensions_ssd1b.settings.settings_from_infotext` gives the same mapping as a dict.
+:func:`extensions_ssd1b.core.settings.settings_from_infotext` gives the same mapping as a dict.
 This module imports nothing from the rest of the package: it is the bottom layer.
 """
 
