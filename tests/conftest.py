@@ -24,6 +24,16 @@ def webui_root() -> Path | None:
     return Path(root) if root and (Path(root) / "modules" / "sd_models.py").is_file() else None
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # The real webui starts before the test modules are imported: they then import the extension from its
+    # installed clone, the copy the webui loaded, never a second one from this checkout.
+    root = webui_root()
+    if root is not None:
+        from webui_tier import start_real_webui
+
+        start_real_webui(root)
+
+
 @pytest.fixture(scope="session")
 def real_webui():
     """The real A1111 of the webui tier, started once per process (``SD_WEBUI_ROOT``)."""
@@ -34,11 +44,54 @@ def real_webui():
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if webui_root() is not None:
+        _deselect_other_releases(config, items)
         return
     skip = pytest.mark.skip(reason="needs a real A1111 checkout: set SD_WEBUI_ROOT")
     for item in items:
         if "webui" in item.keywords:
             item.add_marker(skip)
+
+
+def _deselect_other_releases(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In the webui tier a test parametrised with a release other than the real host's is not collected (rather
+    than skipped), so that any skip in that tier is a real one."""
+    from webui_tier import start_real_webui
+
+    version = start_real_webui(webui_root()).version
+    keep, drop = [], []
+    for item in items:
+        params = getattr(item, "callspec", None).params if hasattr(item, "callspec") else {}
+        wanted = params.get("fake_webui")
+        (drop if wanted is not None and wanted != version else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.fixture
+def stock_host(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """The host without this extension's load path, for tests of what the host itself does: a no-op on the
+    stand-in (those tests install none).  In the webui tier our load path is taken out and put back, and the
+    host's SDXL config is its own ``sd_xl_base.yaml`` at 64 channels (the real host's test scale), so that
+    every SDXL-keyed file resolves to one config, as with full-size files."""
+    if webui_root() is None:
+        yield
+        return
+    from modules import sd_models_config
+    from webui_checks import webui_scale, write_reduced_stock_yaml
+    from webui_tier import forget_loaded_model
+
+    from extensions_ssd1b.host import extension
+
+    reduced = write_reduced_stock_yaml(tmp_path / "sd_xl_base_64.yaml", webui_scale("sdxl"))
+    forget_loaded_model()
+    extension.uninstall()
+    monkeypatch.setattr(sd_models_config, "config_sdxl", str(reduced))
+    try:
+        yield
+    finally:
+        forget_loaded_model()
+        extension.install()
 
 
 def _forget(prefix: str) -> dict[str, object]:

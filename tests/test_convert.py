@@ -294,8 +294,9 @@ import sys, time
 from extensions_ssd1b.tools import cli, convert
 original = convert._copy
 def slow(*args, **kwargs):
-    time.sleep(0.02)
-    return original(*args, **kwargs)
+    result = original(*args, **kwargs)
+    time.sleep(60)  # the partial file exists now: the signal arrives during this sleep, never after the last copy
+    return result
 convert._copy = slow
 sys.exit(cli.main(sys.argv[1:]))
 """

@@ -17,12 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 from fakewebui import (
-    SSD1B_REMOVED_UNET_PREFIXES,
     TEST_SCALE,
     UNET_PREFIX,
     install_fake_webui,
-    ssd1b_shaped,
-    without_vae,
 )
 from fakewebui.install import real_webui_root
 
@@ -86,120 +83,7 @@ def test_release_differences(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ve
             importlib.import_module("modules.infotext_utils")
 
 
-def test_option_info_category_id_is_a_type_error_on_1_6(fake_webui_factory) -> None:
-    fake_webui_factory("1.6.0")
-    from modules import shared
-
-    with pytest.raises(TypeError):
-        shared.OptionInfo(1, "x", category_id="sd")
-
-
-@pytest.mark.parametrize(("version", "breaks"), [("1.6.0", True), ("1.7.0", False), ("1.10.1", False)])
-def test_three_part_section_breaks_the_settings_ui_only_on_1_6(fake_webui_factory, version: str, breaks: bool) -> None:
-    fake = fake_webui_factory(version)
-    from modules import script_callbacks, shared
-
-    def add_settings() -> None:  # the usual extension pattern, with a v1.7-style 3-part section
-        section = ("ssd1b", "SSD-1B", "sd")
-        for key, info in shared.options_section(section, {"ssd1b_flag": shared.OptionInfo(False, "Flag")}).items():
-            shared.opts.add_option(key, info)
-
-    script_callbacks.on_ui_settings(add_settings)
-    assert "ssd1b_flag" not in shared.opts.data_labels  # on_ui_settings runs only when the UI is built
-
-    if breaks:
-        with pytest.raises(ValueError, match="too many values to unpack"):
-            fake.build_settings_ui()
-    else:
-        ui = fake.build_settings_ui()
-        assert ui.tabs["settings_ssd1b"] == "SSD-1B"
-        assert shared.opts.data_labels["ssd1b_flag"].category_id == "sd"
-        assert ui.component_dict["ssd1b_flag"].kwargs["label"] == "Flag"
-
-
 # -- the load pipeline -----------------------------------------------------------------------------
-
-
-def test_ssd_shaped_file_on_1_6_is_built_as_sdxl_and_zero_filled(fake_webui_factory) -> None:
-    fake = fake_webui_factory("1.6.0")
-    fake.write_checkpoint("ssd", ssd1b_shaped(fake.stock_sdxl_state_dict()))
-    model = fake.load_checkpoint("ssd")
-
-    unet = model.model.diffusion_model
-    assert not hasattr(model, "is_ssd")
-    assert len(unet.middle_block) == 3 and len(unet.input_blocks[7][1].transformer_blocks) == 10
-    tensors = unet.state_dict()
-    missing = {key: value for key, value in tensors.items() if key.startswith(SSD1B_REMOVED_UNET_PREFIXES)}
-    linear_or_conv = [value for value in missing.values() if value.dim() >= 2]
-    assert len(linear_or_conv) > 100 and not any(value.any() for value in linear_or_conv)
-
-
-@pytest.mark.parametrize("version", ["1.7.0", "1.10.1"])
-def test_ssd_shaped_file_is_pruned_from_1_7(fake_webui_factory, version: str) -> None:
-    fake = fake_webui_factory(version)
-    fake.write_checkpoint("ssd", ssd1b_shaped(fake.stock_sdxl_state_dict()))
-    model = fake.load_checkpoint("ssd")
-
-    unet = model.model.diffusion_model
-    assert model.is_ssd
-    assert len(unet.middle_block) == 1
-    assert [len(unet.input_blocks[i][1].transformer_blocks) for i in (7, 8)] == [4, 4]
-    assert [len(unet.output_blocks[i][1].transformer_blocks) for i in (0, 1, 2, 3, 4, 5)] == [4, 4, 10, 2, 1, 1]
-    if fake.at_least("1.10.0"):
-        from modules import sd_models
-
-        assert model.model_type is sd_models.ModelType.SSD
-
-
-def test_second_ssd_file_crashes_convert_sdxl_to_ssd_on_1_10(fake_webui_factory, capsys) -> None:
-    fake = fake_webui_factory("1.10.1")
-    fake.write_checkpoint("ssd-a", ssd1b_shaped(fake.stock_sdxl_state_dict(seed=0)))
-    fake.write_checkpoint("ssd-b", ssd1b_shaped(fake.stock_sdxl_state_dict(seed=1)))
-    fake.load_checkpoint("ssd-a")
-
-    with pytest.raises(AttributeError, match="has no attribute '1'") as raised:
-        fake.load_checkpoint("ssd-b")  # same config → the pruned model is reused and pruned again
-    assert any(frame.name == "convert_sdxl_to_ssd" for frame in raised.traceback)
-    assert isinstance(raised.value.__context__, AttributeError)  # the "restoring previous" load failed too
-    assert "Failed to load checkpoint, restoring previous" in capsys.readouterr().out
-
-    # The failure left no model to reuse, so the next attempt builds afresh and succeeds.
-    assert fake.load_checkpoint("ssd-b").is_ssd
-    assert "Creating model from config" in capsys.readouterr().out
-
-
-def test_reused_model_on_1_6_keeps_weights_the_new_file_lacks(fake_webui_factory) -> None:
-    fake = fake_webui_factory("1.6.0")
-    sdxl = fake.stock_sdxl_state_dict(seed=0)
-    ssd = ssd1b_shaped(fake.stock_sdxl_state_dict(seed=1))
-    fake.write_checkpoint("sdxl", sdxl)
-    fake.write_checkpoint("ssd", ssd)
-    fake.load_checkpoint("sdxl")
-    model = fake.load_checkpoint("ssd")  # same config (sd_xl_base.yaml): weights loaded into the SDXL model
-
-    assert torch.equal(unet_tensor(model, "input_blocks.0.0.weight"), ssd[UNET_PREFIX + "input_blocks.0.0.weight"])
-    key = "middle_block.1.transformer_blocks.0.attn1.to_q.weight"
-    assert torch.equal(unet_tensor(model, key), sdxl[UNET_PREFIX + key])  # SDXL's middle transformer still computes
-
-
-def test_ssd_then_sdxl_on_1_10_stays_pruned_while_flagged_sdxl(fake_webui_factory) -> None:
-    fake = fake_webui_factory("1.10.1")
-    fake.write_checkpoint("ssd", ssd1b_shaped(fake.stock_sdxl_state_dict(seed=1)))
-    fake.write_checkpoint("sdxl", fake.stock_sdxl_state_dict(seed=0))
-    fake.load_checkpoint("ssd")
-    model = fake.load_checkpoint("sdxl")
-
-    assert model.is_sdxl and not model.is_ssd
-    assert len(model.model.diffusion_model.middle_block) == 1  # SDXL's middle transformer silently dropped
-
-
-def test_checkpoint_without_vae_decodes_to_flat_grey(fake_webui_factory) -> None:
-    fake = fake_webui_factory("1.10.1")
-    fake.write_checkpoint("no-vae", without_vae(fake.stock_sdxl_state_dict()))
-    assert fake.select_checkpoint("no-vae")
-
-    image = fake.txt2img().images[0]
-    assert image.getextrema() == ((127, 127), (127, 127), (127, 127))
 
 
 def test_shape_mismatch_fails_the_load_and_leaves_no_model(fake_webui_factory, capsys) -> None:
@@ -335,53 +219,6 @@ def test_stock_sdxl_loads_and_generates_calling_hooks_in_the_hosts_order(
         assert field in result.info
 
 
-def test_nan_check_condition_differs_between_releases(fake_webui) -> None:
-    from modules import devices
-
-    first_only = torch.zeros(2, 4, 8, 8)
-    first_only[0, 0, 0, 0] = float("nan")
-    all_but_first = torch.full((2, 4, 8, 8), float("nan"))
-    all_but_first[0, 0, 0, 0] = 0.0
-
-    with pytest.raises(devices.NansException, match="in Unet"):
-        devices.test_for_nans(torch.full((1, 4, 8, 8), float("nan")), "unet")
-    if fake_webui.at_least("1.10.0"):  # first element only
-        with pytest.raises(devices.NansException, match="A tensor with NaNs was produced in VAE"):
-            devices.test_for_nans(first_only, "vae")
-        devices.test_for_nans(all_but_first, "vae")
-    else:  # every element
-        devices.test_for_nans(first_only, "vae")
-        devices.test_for_nans(all_but_first, "vae")
-
-
-@pytest.mark.parametrize("version", ["1.6.0", "1.8.0"])
-def test_vae_nan_retries_in_higher_precision(fake_webui_factory, version: str, capsys) -> None:
-    fake = fake_webui_factory(version)
-    from modules import devices, processing, shared
-
-    class HalfBrokenVae:
-        dtype = torch.float16
-
-        def to(self, dtype):
-            self.dtype = dtype
-            return self
-
-    class Model:
-        first_stage_model = HalfBrokenVae()
-
-        def decode_first_stage(self, x):
-            value = float("nan") if self.first_stage_model.dtype == torch.float16 else 0.0
-            return torch.full((x.shape[0], 3, 16, 16), value)
-
-    devices.dtype_vae = torch.float16
-    shared.opts.data["auto_vae_precision_bfloat16"] = True  # only v1.8+ knows this option
-    samples = processing.decode_latent_batch(Model(), torch.zeros(1, 4, 2, 2, dtype=torch.float16), check_for_nans=True)
-
-    assert not samples[0].isnan().any()
-    assert devices.dtype_vae == (torch.bfloat16 if fake.at_least("1.8.0") else torch.float32)
-    assert "Web UI will now convert VAE into" in capsys.readouterr().err
-
-
 # -- smaller surfaces ------------------------------------------------------------------------------
 
 
@@ -394,23 +231,6 @@ def test_overriding_an_added_option_is_a_key_error_on_1_6(fake_webui) -> None:
     # v1.7+ gets past the settings and fails for want of a checkpoint instead
     with pytest.raises(FileNotFoundError if fake_webui.at_least("1.7.0") else KeyError):
         processing.process_images(p)
-
-
-def test_infotext_paste_goes_through_the_callbacks(fake_webui) -> None:
-    from modules import script_callbacks, shared
-
-    shared.opts.add_option("ssd1b_arch", shared.OptionInfo("auto", "Arch", infotext="SSD-1B arch"))
-    script_callbacks.on_infotext_pasted(lambda text, params: params.update(seen=True))
-
-    params = fake_webui.paste_infotext("a cat\nSteps: 20, Sampler: Euler, SSD-1B arch: koala-700m, Size: 64x64")
-
-    assert params["Size-1"] == "64" and params["seen"]
-    if fake_webui.at_least("1.7.0"):
-        assert params["SSD-1B arch"] == "koala-700m"
-    else:  # v1.6's infotext keys are [\w ]+: a "-" cuts the key
-        assert "SSD-1B arch" not in params and params["1B arch"] == "koala-700m"
-    module = fake_webui.module("infotext_utils" if fake_webui.at_least("1.8.0") else "generation_parameters_copypaste")
-    assert module.create_override_settings_dict(["SSD-1B arch: koala-700m"]) == {"ssd1b_arch": "koala-700m"}
 
 
 def test_extension_preload_adds_flags_before_parsing(fake_webui_factory, tmp_path: Path) -> None:

@@ -193,21 +193,83 @@ def test_infotext_names_the_family_and_the_route_inspects_only_listed_files(host
 def test_reloading_scripts_does_not_wrap_twice(host):
     from modules import sd_models
 
-    from extensions_ssd1b.host.patching import ORIGINAL_ATTRIBUTE
+    from extensions_ssd1b.host import patching
 
-    original = getattr(sd_models.load_model_weights, ORIGINAL_ATTRIBUTE)
+    host_original = sd_models.load_model_weights.__wrapped__
+    assert patching.is_ours(sd_models.load_model_weights) and not patching.is_ours(host_original)
     host.reload_scripts()
-    assert getattr(sd_models.load_model_weights, ORIGINAL_ATTRIBUTE) is original
-    assert getattr(original, ORIGINAL_ATTRIBUTE, None) is None
+    assert patching.is_ours(sd_models.load_model_weights)
+    assert sd_models.load_model_weights.__wrapped__ is host_original  # one layer, over the host's own function
+
+
+@pytest.mark.parametrize("with_wraps", [True, False], ids=["functools.wraps", "plain"])
+def test_another_extensions_wrapper_above_ours_survives_reload_ui(host, with_wraps: bool):
+    import functools
+
+    from modules import sd_models
+
+    below, calls = sd_models.load_model_weights, []
+
+    def other_extension(*args, **kwargs):
+        calls.append("other")
+        return below(*args, **kwargs)
+
+    sd_models.load_model_weights = functools.wraps(below)(other_extension) if with_wraps else other_extension
+    top = sd_models.load_model_weights
+    host.reload_scripts()
+
+    assert sd_models.load_model_weights is top
+    layout, weights = write_family(host, "koala", "koala-700m", 2)
+    host.load_checkpoint("koala")
+    assert calls == ["other"]
+    assert is_ssd1b_unet(host.sd_model.model.diffusion_model)  # our load path still runs under theirs
+    assert_live_unet_computes(host, layout, weights)
+
+
+def host_functions() -> dict[tuple[str, ...], object]:
+    """Every function and class attribute of the host's ``modules`` package, by where it lives."""
+    import sys
+
+    found: dict[tuple[str, ...], object] = {}
+    for name, module in list(sys.modules.items()):
+        if name != "modules" and not name.startswith("modules."):
+            continue
+        for attribute, value in list(vars(module).items()):
+            if callable(value):
+                found[(name, attribute)] = value
+            if isinstance(value, type) and value.__module__ == name:
+                for member, member_value in vars(value).items():
+                    found[(name, attribute, member)] = member_value
+    return found
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_disabling_the_extension_restores_every_host_function_and_removes_the_settings(monkeypatch, tmp_path, version):
+    fake = install_fake_webui(monkeypatch, version, tmp_path)
+    from modules import shared
+
+    stock = host_functions()
+    extension_link = fake.data_dir / "extensions" / REPO_ROOT.name
+    extension_link.symlink_to(REPO_ROOT, target_is_directory=True)
+    fake.reload_scripts()
+    patched = [key for key, value in host_functions().items() if key in stock and stock[key] is not value]
+    assert len(patched) >= 8 and "ssd1b_vae" in shared.opts.data_labels
+
+    extension_link.unlink()  # what unticking it in the Extensions tab does, then Reload UI
+    fake.reload_scripts()
+
+    after = host_functions()
+    assert [key for key in stock if after.get(key) is not stock[key]] == []
+    assert not [key for key in shared.opts.data_labels if key.startswith("ssd1b_")]
 
 
 def test_forge_is_left_alone(monkeypatch, tmp_path, capsys):
     install_fake_webui(monkeypatch, "1.10.1", tmp_path, forge=True, extensions=[REPO_ROOT])
     from modules import sd_models
 
-    from extensions_ssd1b.host.patching import ORIGINAL_ATTRIBUTE
+    from extensions_ssd1b.host import patching
 
-    assert not hasattr(sd_models.load_model_weights, ORIGINAL_ATTRIBUTE)
+    assert not patching.is_ours(sd_models.load_model_weights)
     assert capsys.readouterr().out.count("Forge detected") == 1
 
 

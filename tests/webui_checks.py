@@ -35,29 +35,52 @@ def write_reduced_checkpoint(
     folder: Path, name: str, family_key: str, seed: int
 ) -> tuple[Path, dict[str, torch.Tensor]]:
     """Reduced UNet with real values; full-size text encoders as a hole (zeros); no VAE."""
-    layout = webui_scale(family_key)
-    shapes = sample_shapes(family_key, layout=layout, clip_l=SDXL_CLIP_L, clip_g=SDXL_CLIP_G, with_vae=False)
-    specs = [TensorSpec(key, "F32", shape) for key, shape in shapes.items()]
-    path = write_safetensors(folder / f"{name}.safetensors", specs, sparse=True)
-    unet = random_unet(layout, seed)
-    header = read_header(path)
-    with open(path, "r+b") as handle:
-        for key, tensor in unet.items():
-            info = header.tensors[LDM_UNET_PREFIX + key]
-            handle.seek(header.data_start + info.begin)
-            handle.write(tensor.contiguous().numpy().tobytes())
+    unet = random_unet(webui_scale(family_key), seed)
+    path = folder / f"{name}.safetensors"
+    write_with_full_size_text_encoders(path, {LDM_UNET_PREFIX + key: value for key, value in unet.items()})
     return path, unet
 
 
-def write_stock_yaml_beside(checkpoint: Path, layout: UNetLayout) -> None:
-    """The host's own sd_xl_base.yaml at the reduced width, as ``<checkpoint>.yaml`` (a host feature)."""
+def write_with_full_size_text_encoders(
+    path: Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
+    """``state_dict`` plus the host's full-size CLIP-L and OpenCLIP-bigG in a sparse file: zeros (holes) but for
+    the position embeddings, ones, so that the prompt embedding has a non-zero mean (the host's emphasis step divides
+    by it: all-zero encoders give NaN conditioning)."""
+    state_dict = {
+        "conditioner.embedders.0.transformer.text_model.embeddings.position_embedding.weight": torch.ones(77, 768),
+        "conditioner.embedders.1.model.positional_embedding": torch.ones(77, 1280),
+        **state_dict,
+    }
+    shapes = {
+        key: shape
+        for key, shape in sample_shapes("sdxl", clip_l=SDXL_CLIP_L, clip_g=SDXL_CLIP_G, with_vae=False).items()
+        if not key.startswith(LDM_UNET_PREFIX)
+    }
+    shapes.update({key: tuple(value.shape) for key, value in state_dict.items()})
+    write_safetensors(path, [TensorSpec(key, "F32", shape) for key, shape in shapes.items()], metadata=metadata)
+    header = read_header(path)
+    with open(path, "r+b") as handle:
+        for key, tensor in state_dict.items():
+            handle.seek(header.data_start + header.tensors[key].begin)
+            handle.write(tensor.float().contiguous().numpy().tobytes())
+
+
+def write_reduced_stock_yaml(path: Path, layout: UNetLayout) -> Path:
+    """The host's own sd_xl_base.yaml with the UNet at the reduced width of ``layout``."""
     import yaml
     from modules import sd_models_config
 
     with open(sd_models_config.config_sdxl, encoding="utf-8") as handle:
         config = yaml.safe_load(handle)
     config["model"]["params"]["network_config"]["params"]["model_channels"] = layout.model_channels
-    checkpoint.with_suffix(".yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def write_stock_yaml_beside(checkpoint: Path, layout: UNetLayout) -> None:
+    """The reduced stock config as ``<checkpoint>.yaml``, which the host uses for that file (a host feature)."""
+    write_reduced_stock_yaml(checkpoint.with_suffix(".yaml"), layout)
 
 
 def live_unet():

@@ -1,8 +1,10 @@
 """Start a real AUTOMATIC1111 checkout in this process, with this extension installed, for the webui tier.
 
-Used only when ``SD_WEBUI_ROOT`` points to a real checkout (run pytest with that webui's Python).
-Nothing in the checkout is modified: the extension is linked into a temporary ``--data-dir``, and
-checkpoints live in a temporary ``--ckpt-dir``.  The flags are the ones that keep A1111 offline and
+Used only when ``SD_WEBUI_ROOT`` points to a real checkout (run pytest with that webui's Python); conftest
+starts it before collection, so that every ``extensions_ssd1b`` import of the session is the installed copy.
+Nothing in the checkout is modified: the extension is installed as a user installs it (a git clone in
+``<data-dir>/extensions``, its ``install.py`` run by the launcher's own function) into a temporary ``--data-dir``,
+and checkpoints live in a temporary ``--ckpt-dir``.  The flags are the ones that keep A1111 offline and
 on the CPU; the CLIP-L tokenizer comes from the Hugging Face cache in ``HF_HOME`` (``SD_WEBUI_HF_HOME``
 or ``../shared/data/hf-home-clip-l`` beside this repository).  One webui per process.
 """
@@ -13,6 +15,7 @@ import atexit
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -45,6 +48,8 @@ class RealWebui:
     data_dir: Path
     checkpoints_dir: Path
     version: str
+    extension_dir: Path | None
+    installer_output: str
 
     def refresh(self) -> None:
         from modules import sd_models, sd_vae
@@ -68,6 +73,43 @@ class RealWebui:
 
 
 _started: RealWebui | None = None
+EXTENSION_NAME = "sd-webui-ssd1b"
+
+
+def clone_extension(extensions: Path) -> Path:
+    """``git clone`` of this repository into ``extensions/`` (how users install it), plus any uncommitted
+    change of the working tree, so a developer's run tests what is on disk; CI's fresh clone has none."""
+    target = extensions / EXTENSION_NAME
+    subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(REPO_ROOT), str(target)], check=True)
+    listed = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        check=True,
+        capture_output=True,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source = REPO_ROOT / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+        elif (target / name).exists():  # deleted in the working tree
+            (target / name).unlink()
+    return target
+
+
+def forget_loaded_model() -> None:
+    """Drop the loaded model, so that the next load builds afresh (v1.10's ``unload_model_weights`` only moves it
+    to the CPU; v1.6's also drops it)."""
+    import gc
+
+    from modules import sd_hijack, sd_models
+
+    data = sd_models.model_data
+    if data.sd_model is not None:
+        sd_hijack.model_hijack.undo_hijack(data.sd_model)
+    data.sd_model = None
+    if hasattr(data, "loaded_sd_models"):  # v1.7+
+        data.loaded_sd_models.clear()
+    gc.collect()
 
 
 def _hf_home() -> str:
@@ -84,8 +126,7 @@ def start_real_webui(root: Path, *, with_extension: bool = True) -> RealWebui:
     data_dir, checkpoints = work / "data", work / "checkpoints"
     (data_dir / "extensions").mkdir(parents=True)
     checkpoints.mkdir()
-    if with_extension:
-        (data_dir / "extensions" / "sd-webui-ssd1b").symlink_to(REPO_ROOT, target_is_directory=True)
+    extension_dir = clone_extension(data_dir / "extensions") if with_extension else None
     for key, value in {
         "HF_HOME": _hf_home(),
         "HF_HUB_OFFLINE": "1",
@@ -105,8 +146,19 @@ def start_real_webui(root: Path, *, with_extension: bool = True) -> RealWebui:
     ]
     os.chdir(root)
     sys.path.insert(0, str(root))
+    if extension_dir is not None:
+        sys.path.insert(0, str(extension_dir))  # the tests, too, import the installed copy
 
     from modules import initialize, launch_utils, timer
+
+    installer_output = ""
+    if extension_dir is not None:  # what launch.py does for every enabled extension, unless --skip-install
+        from contextlib import redirect_stdout
+        from io import StringIO
+
+        with redirect_stdout(StringIO()) as printed:
+            launch_utils.run_extension_installer(str(extension_dir))
+        installer_output = printed.getvalue()
 
     timer.startup_timer.record("launcher")
     initialize.imports()
@@ -120,5 +172,6 @@ def start_real_webui(root: Path, *, with_extension: bool = True) -> RealWebui:
     for thread in set(threading.enumerate()) - before:
         if not thread.daemon:
             thread.join(120)
-    _started = RealWebui(root, data_dir, checkpoints, launch_utils.git_tag().lstrip("v"))
+    version = launch_utils.git_tag().lstrip("v")
+    _started = RealWebui(root, data_dir, checkpoints, version, extension_dir, installer_output)
     return _started

@@ -29,7 +29,7 @@ from ..arch.unet_builder import is_ssd1b_unet
 from ..core.errors import CheckpointError, LayoutError, NotSdxlFamily
 from ..diffusers.folder import UNET_STEM, component_folder
 from ..diffusers.pipeline import load_state_dict
-from . import checkpoints, config
+from . import checkpoints, config, memory
 from .console import install_console
 from .patching import patch, unpatch
 
@@ -82,8 +82,12 @@ def preflight(filename: str) -> Detection | None:
 def _preflight_load_model(original: Callable[..., Any], checkpoint_info: Any = None, *args: Any, **kwargs: Any) -> Any:
     from modules import sd_models
 
-    preflight((checkpoint_info or sd_models.select_checkpoint()).filename)
-    return original(checkpoint_info, *args, **kwargs)
+    detection = preflight((checkpoint_info or sd_models.select_checkpoint()).filename)
+    memory.release_before_switch(sd_models.model_data.sd_model, detection)
+    try:
+        return original(checkpoint_info, *args, **kwargs)
+    finally:
+        memory.return_freed_memory()
 
 
 def _preflight_reload(
@@ -91,8 +95,14 @@ def _preflight_reload(
 ) -> Any:
     from modules import sd_models
 
-    preflight((info or sd_models.select_checkpoint()).filename)
-    return original(sd_model, info, *args, **kwargs)
+    detection = preflight((info or sd_models.select_checkpoint()).filename)
+    # The host would read the new file beside the old model, then build anew anyway: drop the old one first.
+    if memory.release_before_switch(sd_model or sd_models.model_data.sd_model, detection):
+        sd_model = None
+    try:
+        return original(sd_model, info, *args, **kwargs)
+    finally:
+        memory.return_freed_memory()
 
 
 def _read_state_dict(
@@ -195,5 +205,6 @@ def install_load_path() -> bool:
 
 
 def uninstall_load_path() -> None:
+    """Put the host's own load path back (the VAE and NaN patches stay: see ``extension.uninstall``)."""
     for owner, name in patched_names():
         unpatch(owner, name)

@@ -14,7 +14,7 @@ from ..arch.unet_builder import LAYOUT_ATTRIBUTE, is_ssd1b_unet
 from ..core import infotext, settings
 from ..core.errors import CheckpointError, LayoutError, NotSdxlFamily
 from ..diffusers.folder import FORM_DIFFUSERS_FOLDER
-from . import checkpoints, safety, vae
+from . import checkpoints, patching, safety, vae
 
 API_INSPECT_ROUTE = "/ssd1b/v1/inspect"
 SAFETY_SCRIPT_TITLE = "SSD-1B VAE and NaN safety"
@@ -40,6 +40,8 @@ def make_script_class() -> type:
             return scripts.AlwaysVisible
 
         def process(self, p: Any, *args: Any) -> None:
+            if not patching.any_active():
+                return
             layout = loaded_unet_layout(shared.sd_model)
             if layout is not None:
                 family = match_family(layout)
@@ -61,10 +63,12 @@ def make_safety_script_class() -> type:
             return scripts.AlwaysVisible
 
         def process(self, p: Any, *args: Any) -> None:
-            safety.begin_generation(p)
+            if patching.any_active():
+                safety.begin_generation(p)
 
         def postprocess(self, p: Any, processed: Any, *args: Any) -> None:
-            safety.end_generation(p)
+            if patching.any_active():
+                safety.end_generation(p)
 
     return Ssd1bSafetyScript
 
@@ -164,6 +168,15 @@ def register_settings() -> None:
         # v1.6's add_option leaves opts.data alone: GET /sdapi/v1/options lists opts.data only, and
         # override_settings looks keys up there.
         shared.opts.data.setdefault(key, info.default)
+
+
+def uninstall_settings() -> None:
+    """Take the "SSD-1B" section out of the settings page; the values users saved stay in ``opts.data``."""
+    from modules import shared
+
+    for setting in settings.SETTINGS:
+        shared.opts.data_labels.pop(setting.key, None)
+        shared.options_templates.pop(setting.key, None)
 
 
 def _vae_choices(setting: settings.Setting) -> dict[str, Any]:

@@ -389,9 +389,13 @@ class FakeWebui:
     # -- checkpoints
 
     def stock_sdxl_state_dict(self, seed: int = 0) -> dict[str, torch.Tensor]:
-        """A full test-scale SDXL checkpoint (UNet, both text encoders, VAE) with seeded values."""
+        """A stock SDXL checkpoint with seeded values: on the stand-in the whole test-scale model; on the real
+        host the UNet at 64 channels (the text encoders, full size, are added as zeros by ``write_checkpoint``;
+        no VAE)."""
         if self.real:
-            raise RuntimeError("test-scale checkpoints only fit the stand-in host")
+            from webui_checks import random_unet, webui_scale
+
+            return {UNET_PREFIX + key: value for key, value in random_unet(webui_scale("sdxl"), seed).items()}
         return {key: value.clone() for key, value in _stock_tensors(seed).items()}
 
     def write_checkpoint(
@@ -405,7 +409,13 @@ class FakeWebui:
         """Save ``state_dict`` as ``<name>.safetensors`` among the checkpoints and refresh the list."""
         path = (folder or self.checkpoints_dir) / f"{name}.safetensors"
         path.parent.mkdir(parents=True, exist_ok=True)
-        safetensors.torch.save_file({k: v.contiguous() for k, v in state_dict.items()}, str(path), metadata=metadata)
+        if self.real:  # the real host's full-size text encoders (its config at 64 channels: see ``stock_host``)
+            from webui_checks import write_with_full_size_text_encoders
+
+            write_with_full_size_text_encoders(path, state_dict, metadata)
+        else:
+            tensors = {k: v.contiguous() for k, v in state_dict.items()}
+            safetensors.torch.save_file(tensors, str(path), metadata=metadata)
         self.refresh()
         return path
 
@@ -455,6 +465,8 @@ class FakeWebui:
         """Generate with ``processing.process_images`` and the always-on scripts, at test size."""
         from modules import processing, scripts, shared
 
+        if self.real:
+            shared.opts.set("live_previews_enable", False)  # the real host would download vaeapprox-sdxl.pt
         settings = dict(prompt=prompt, negative_prompt="", seed=1, steps=2, cfg_scale=5.0, width=64, height=64)
         settings.update(sampler_name="Euler", do_not_save_samples=True)
         settings.update(kwargs)
@@ -473,10 +485,17 @@ class FakeWebui:
         import gradio as gr
         from modules import ui_settings
 
+        loadsave = None  # the stand-in's settings page keeps no ui-config.json
+        if self.real:
+            from modules import scripts, ui_loadsave
+
+            loadsave = ui_loadsave.UiLoadsave(str(self.data_dir / "ui-config-settings-page.json"))
+            if scripts.scripts_postproc.scripts is None:  # the Extras tab would have done this (not with --nowebui)
+                scripts.scripts_postproc.initialize_scripts(scripts.postprocessing_scripts_data)
         settings = ui_settings.UiSettings()
         if hasattr(settings, "register_settings"):  # v1.9+: ui.create_ui registers first
             settings.register_settings()
-        settings.create_ui(loadsave=None, dummy_component=gr.Textbox(visible=False))
+        settings.create_ui(loadsave=loadsave, dummy_component=gr.Textbox(visible=False))
         return settings
 
     def app_started(self) -> FakeApp:
