@@ -343,7 +343,8 @@ def test_vae_encode_overflow_is_redone_in_fp32(fake_webui_factory, hooks: list[A
 
 
 def break_unet(fake: Any, how: str, *, unless: str, handles: list[Any]) -> list[int]:
-    """The UNet's output goes bad unless attention is upcast, or unless the UNet runs in fp32."""
+    """The UNet's output goes bad unless attention is upcast, or unless the UNet computes in fp32
+    (its output is fp32: the remedy casts one block at a time, so after the call the weights are fp16 again)."""
     from modules import shared
 
     unet = shared.sd_model.model.diffusion_model
@@ -351,7 +352,7 @@ def break_unet(fake: Any, how: str, *, unless: str, handles: list[Any]) -> list[
 
     def hook(_module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
         calls.append(1)
-        fine = shared.opts.upcast_attn if unless == "upcast" else next(unet.parameters()).dtype == torch.float32
+        fine = shared.opts.upcast_attn if unless == "upcast" else output.dtype == torch.float32
         return output if fine else corrupt(output, how)
 
     handles.append(unet.register_forward_hook(hook))
@@ -398,9 +399,15 @@ def test_unet_nan_that_upcasting_does_not_fix_is_redone_in_fp32(fake_webui_facto
         fp32.setattr(devices, "dtype_unet", torch.float32)  # the UNet's inputs are cast to it
         reference = fake.txt2img()
     calls = break_unet(fake, "nan", unless="fp32", handles=hooks)
+    fp32_blocks: list[int] = []  # while each block runs: how many blocks hold fp32 weights
+    blocks = [*unet.input_blocks, unet.middle_block, *unet.output_blocks]
+    for block in blocks:
+        hooks.append(block.register_forward_hook(lambda *_: fp32_blocks.append(
+            sum(next(b.parameters()).dtype == torch.float32 for b in blocks))))
 
     result = fake.txt2img()
     assert len(calls) == 6  # fp16, fp16 with attention upcast, fp32
+    assert max(fp32_blocks) == 1  # never a second copy of the whole UNet: one block at a time
     assert torch.equal(pixels(result.images[0]), pixels(reference.images[0]))
     assert params(result)[infotext.KEY_NAN_RECOVERY] == "unet fp16->fp32 at step 0"
     assert devices.dtype_unet == torch.float16 and "forward" not in vars(unet)
