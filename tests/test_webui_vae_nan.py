@@ -339,6 +339,46 @@ def test_vae_encode_overflow_is_redone_in_fp32(fake_webui_factory, hooks: list[A
     assert calls == [torch.float32]
 
 
+@stand_in_only
+@pytest.mark.parametrize(("version", "flag", "precision"), [
+    ("1.6.0", "--medvram", "fp32"), ("1.10.1", "--lowvram", "fp32"), ("1.10.1", "--medvram", "bf16"),
+])
+def test_medvram_and_lowvram_find_the_vae_where_the_host_sent_it(
+    fake_webui_factory, monkeypatch: pytest.MonkeyPatch, version: str, flag: str, precision: str
+) -> None:
+    """The host's hook sends the VAE to the GPU inside our cast; after it, the VAE must be there, in fp16.
+
+    ``meta`` stands for the GPU (the stand-in has one device): shapes only, so the NaN checks are off.
+    """
+    fake = fake_webui_factory(version, extensions=[REPO_ROOT], cmd_args=(*HALF_PRECISION, flag))
+    distilled(fake, "no-vae")
+    fake.write_vae("sdxl_vae", vae_weights(fake))
+    from modules import devices, lowvram, processing, shared
+
+    assert fake.select_checkpoint("no-vae")
+    model, gpu = shared.sd_model, torch.device("meta")
+    assert model.lowvram
+    shared.opts.set("ssd1b_vae_precision", precision)
+    shared.opts.set("ssd1b_nan_vae_decode", "Off")
+    shared.opts.set("ssd1b_nan_vae_encode", "Off")
+    monkeypatch.setattr(devices, "device", gpu)
+    monkeypatch.setattr(shared, "device", gpu)
+
+    def where_the_vae_is() -> set[tuple[str, torch.dtype]]:
+        assert lowvram.module_in_gpu is model.first_stage_model
+        return {(t.device.type, t.dtype) for t in model.first_stage_model.state_dict().values()}
+
+    batch = torch.zeros(2, 4, 8, 8, dtype=torch.float16, device=gpu)  # batch size 2: the second decode
+    images = processing.decode_latent_batch(model, batch)  # finds the VAE already "in the GPU"
+    assert [tuple(image.shape) for image in images] == [(3, 64, 64)] * 2
+    assert where_the_vae_is() == {("meta", torch.float16)}
+    # hires fix with a non-latent upscaler: the upscaled images are encoded, the second pass decoded
+    latent = processing.images_tensor_to_samples(torch.zeros(2, 3, 128, 128, device=gpu), 0, model)
+    assert where_the_vae_is() == {("meta", torch.float16)}
+    processing.decode_latent_batch(model, latent.to(torch.float16))
+    assert where_the_vae_is() == {("meta", torch.float16)}
+
+
 # -- NaN-safe sampling -----------------------------------------------------------------------------
 
 
