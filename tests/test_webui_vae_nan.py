@@ -316,6 +316,31 @@ def test_vae_decode_overflow_is_redone_in_fp32_and_remembered(
 
 
 @stand_in_only
+@pytest.mark.parametrize(("version", "policy"), [("1.6.0", "Warn"), ("1.10.1", "Warn"), ("1.10.1", "Off")])
+def test_with_our_recovery_off_the_hosts_own_fp32_retry_really_runs_in_fp32(
+    fake_webui_factory, hooks: list[Any], version: str, policy: str
+) -> None:
+    fake = start(fake_webui_factory, version, half=True)
+    distilled(fake, "no-vae")
+    fake.write_vae("sdxl_vae", vae_weights(fake))
+    from modules import devices, shared
+
+    assert fake.select_checkpoint("no-vae")
+    shared.opts.set("ssd1b_vae_precision", "fp32")
+    reference = fake.txt2img()
+    shared.opts.set("ssd1b_vae_precision", "fp16")
+    shared.opts.set("ssd1b_nan_vae_decode", policy)
+    assert shared.opts.auto_vae_precision  # the host's "Automatically revert VAE to 32-bit floats"
+    calls: list[torch.dtype] = []
+    break_in_fp16(shared.sd_model.first_stage_model.decoder, "all", calls, hooks)  # all NaN: every host sees it
+
+    result = fake.txt2img()
+    assert calls == [torch.float16, torch.float32]  # ours in fp16, then the host's retry in fp32
+    assert torch.equal(pixels(result.images[0]), pixels(reference.images[0]))
+    assert devices.dtype_vae == torch.float32  # the host's switch, for the session, as the host does it
+
+
+@stand_in_only
 @pytest.mark.parametrize("version", ["1.6.0", "1.10.1"])
 def test_vae_encode_overflow_is_redone_in_fp32(fake_webui_factory, hooks: list[Any], version: str) -> None:
     fake = start(fake_webui_factory, version, half=True)

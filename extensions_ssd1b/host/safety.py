@@ -134,6 +134,22 @@ def _vae_in(module: Any, precision: settings.Precision) -> Iterator[None]:
         devices.dtype_vae = saved
 
 
+def _precision_for(module: Any, decided: settings.Precision) -> settings.Precision:
+    """``decided``, unless the host has converted the VAE and ``dtype_vae`` to something safer.
+
+    That is the host's own NaN fallback (``decode_latent_batch``: fp32, or bf16 from v1.8) redoing
+    a decode that our policy (Warn/Off) handed back with NaN: forcing ``decided`` again would redo
+    it in the precision that just failed, and the image would stay black.
+    """
+    from modules import devices
+
+    weights = next((t.dtype for t in module.parameters()), None)
+    if weights != devices.dtype_vae or weights not in nan.DTYPES.values():
+        return decided
+    host = nan.precision_of(weights)
+    return host if nan.is_safer(host, decided) else decided
+
+
 def _run_vae(
     call: Callable[[], Any],
     module: Any,
@@ -143,13 +159,14 @@ def _run_vae(
     inputs: Any,
 ) -> Any:
     recovery = _nan_recovery()
+    precision = _precision_for(module, decision.precision)
     try:
-        with _vae_in(module, decision.precision):
+        with _vae_in(module, precision):
             return recovery.run(
                 call,
                 stage=stage,
                 vae=decision.identity(),
-                precision=decision.precision,
+                precision=precision,
                 with_precision=functools.partial(_vae_in, module),
                 policy=policy,
                 learn=decision.precision_auto,
