@@ -16,6 +16,7 @@ import dataclasses
 import io
 import json
 import math
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -342,6 +343,49 @@ def test_with_our_recovery_off_the_hosts_own_fp32_retry_really_runs_in_fp32(
 
 @stand_in_only
 @pytest.mark.parametrize("version", ["1.6.0", "1.10.1"])
+def test_full_live_previews_use_the_decided_precision_and_wait_for_the_main_decode(
+    fake_webui_factory, hooks: list[Any], version: str
+) -> None:
+    fake = start(fake_webui_factory, version, half=True)
+    distilled(fake, "no-vae")
+    fake.write_vae("sdxl_vae", vae_weights(fake))
+    from modules import devices, errors, processing, shared
+
+    assert fake.select_checkpoint("no-vae")
+    shared.opts.set("ssd1b_vae_precision", "fp32")  # an fp16 VAE decoded in fp32
+    shared.opts.set("show_progress_type", "Full")
+    model, state = shared.sd_model, shared.state
+    latent = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)).half()
+    events: list[str] = []
+    break_in_fp16(model.first_stage_model.decoder, "all", [], hooks)  # an fp16 preview would be black
+
+    def record(_module: torch.nn.Module, _inputs: Any) -> None:
+        events.append(f"{threading.current_thread().name} {next(_module.parameters()).dtype}")
+
+    hooks.append(model.first_stage_model.decoder.register_forward_pre_hook(record))
+    state.current_latent = latent
+    state.do_set_current_image()  # as the progress API's thread asks for it, between decodes
+    assert events == ["MainThread torch.float32"] * 2  # a grid of the batch
+    assert pixels(state.current_image).mean() > 0 and not errors.exception_records
+
+    events.clear()
+    preview = threading.Thread(target=state.do_set_current_image, name="progress")
+
+    def ask_for_a_preview_meanwhile(_module: torch.nn.Module, _inputs: Any) -> None:
+        if not preview.is_alive() and preview.ident is None:
+            preview.start()
+            preview.join(0.5)  # the preview must wait for this decode, not run into its cast
+            events.append("main decode ends")
+
+    hooks.append(model.first_stage_model.decoder.register_forward_pre_hook(ask_for_a_preview_meanwhile))
+    processing.decode_latent_batch(model, latent[:1].to(devices.dtype_vae))
+    preview.join()
+    assert events == ["MainThread torch.float32", "main decode ends", *["progress torch.float32"] * 2]
+    assert devices.dtype_vae == torch.float16 and not errors.exception_records
+
+
+@stand_in_only
+@pytest.mark.parametrize("version", ["1.6.0", "1.10.1"])
 def test_vae_encode_overflow_is_redone_in_fp32(fake_webui_factory, hooks: list[Any], version: str) -> None:
     fake = start(fake_webui_factory, version, half=True)
     distilled(fake, "no-vae")
@@ -438,6 +482,13 @@ def test_unet_nan_is_redone_with_attention_upcast(
     assert fake.select_checkpoint("no-vae")
     reference = fake.txt2img()
     calls = break_unet(fake, how, unless="upcast", handles=hooks)
+    saved_meanwhile = fake.data_dir / "config-saved-during-the-redo.json"
+
+    def apply_settings_meanwhile(*_: Any) -> None:  # the UI's "Apply settings", on another thread
+        if shared.opts.upcast_attn:
+            shared.opts.save(str(saved_meanwhile))
+
+    hooks.append(shared.sd_model.model.diffusion_model.register_forward_hook(apply_settings_meanwhile))
     logged(capsys)
 
     result = fake.txt2img()  # "all" NaN: v1.6 raises NansException inside sampling; caught and redone
@@ -447,6 +498,7 @@ def test_unet_nan_is_redone_with_attention_upcast(
     assert logged(capsys).count("redone with attention in fp32") == 1
     assert len(shown) == 1 and "redone with attention in fp32" in shown[0]
     assert shared.opts.upcast_attn is False  # for that image only
+    assert json.loads(saved_meanwhile.read_text()).get("upcast_attn", False) is False  # never in config.json
 
 
 @stand_in_only

@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -47,6 +48,11 @@ class _Generation:
 
 _active: _Generation | None = None
 _recovery: nan.NanRecovery | None = None
+# Held while a VAE is cast for one call: a live preview (decoded on the progress API's thread)
+# waits instead of running a half-cast VAE or with our dtype_vae.  Re-entrant: the host's own calls nest
+# inside ours (decode_first_stage → samples_to_images_tensor).
+_vae_lock = threading.RLock()
+_in_our_call = threading.local()
 
 
 # -- one generation's record -----------------------------------------------------------------------
@@ -161,7 +167,7 @@ def _run_vae(
     recovery = _nan_recovery()
     precision = _precision_for(module, decision.precision)
     try:
-        with _vae_in(module, precision):
+        with _vae_lock, _ours(), _vae_in(module, precision):
             return recovery.run(
                 call,
                 stage=stage,
@@ -174,6 +180,52 @@ def _run_vae(
             )
     finally:
         record(recovery.take_notes())
+
+
+@contextlib.contextmanager
+def _ours() -> Iterator[None]:
+    """Marks this thread as inside one of our decode/encode calls (the host's inner calls pass through)."""
+    outer = getattr(_in_our_call, "active", False)
+    _in_our_call.active = True
+    try:
+        yield
+    finally:
+        _in_our_call.active = outer
+
+
+def _samples_to_images_tensor(
+    original: Callable[..., Any], sample: Any, approximation: Any = None, model: Any = None, *args: Any, **kwargs: Any
+) -> Any:
+    """Live previews ("Full") decode with the decided VAE, in the precision the main decode starts in.
+
+    The host decodes previews through ``model.decode_first_stage``, past our decode wrapper and on
+    another thread; without this a preview would run an fp16 VAE the decision keeps out of fp16
+    (or a VAE half-way through our cast).  No NaN retry and no record: it is a preview.
+    """
+    from modules import lowvram, sd_samplers_common, shared
+
+    call = functools.partial(original, sample, approximation, model, *args, **kwargs)
+    if getattr(_in_our_call, "active", False):
+        return call()  # our own decode, already in the decided VAE and precision
+    target = model if model is not None else shared.sd_model
+    resolved = approximation
+    if resolved is None:  # how the host picks the preview method
+        resolved = sd_samplers_common.approximation_indexes.get(shared.opts.show_progress_type, 0)
+        if resolved == 0 and lowvram.is_enabled(target) and not shared.opts.live_preview_allow_lowvram_full:
+            resolved = 1
+    decision = in_scope_vae(target, resolved == 0)
+    if decision is None:
+        return call()
+    if decision.source is choice.VaeSource.TAESD_XL:
+        module = _taesd(nan.Stage.DECODE)
+        call = functools.partial(nan.taesd_decode, module, sample)
+    else:
+        module = target.first_stage_model
+    configured = _precision_for(module, decision.precision)
+    recovery = _nan_recovery()
+    start = recovery.starting_precision(decision.identity(), nan.Stage.DECODE, configured)
+    with _vae_lock, _ours(), _vae_in(module, start if decision.precision_auto else configured):
+        return call()
 
 
 def _taesd(stage: nan.Stage) -> Any:
@@ -245,10 +297,11 @@ def _images_tensor_to_samples(
 def install_vae_safety() -> None:
     """VAE resolution and NaN-safe decode/encode (scripts/ wires it; idempotent)."""
     global _active, _recovery
-    from modules import processing, sd_vae
+    from modules import processing, sd_samplers_common, sd_vae
 
     _active, _recovery = None, None  # a new host (tests) or a reload starts afresh
     vae.forget_announcements()
     patch(sd_vae, "resolve_vae", vae.resolve_vae)
     patch(processing, "decode_first_stage", _decode_first_stage)
     patch(processing, "images_tensor_to_samples", _images_tensor_to_samples)
+    patch(sd_samplers_common, "samples_to_images_tensor", _samples_to_images_tensor)
