@@ -34,6 +34,7 @@ from extensions_ssd1b.vae.nan import (
     VaeIdentity,
     WatchResult,
     all_finite,
+    blockwise_forward_precision,
     checksum,
     file_fingerprint,
     fingerprint_sources,
@@ -264,6 +265,70 @@ def test_module_precision_restores_after_an_exception() -> None:
     with pytest.raises(RuntimeError), module_precision(vae, Precision.FP32):
         raise RuntimeError("decode failed")
     assert vae.spread.weight.dtype == torch.float16
+
+
+def test_module_precision_gives_back_the_originals_where_the_module_was_moved_meanwhile() -> None:
+    """The host's --medvram/--lowvram hook moves the module to the GPU while it runs, inside our cast."""
+    vae = OverflowVae().half()
+    vae.register_buffer("scale", torch.tensor([0.1], dtype=torch.float16))
+    with module_precision(vae, Precision.FP32):
+        vae.to("meta")  # what send_me_to_gpu does; meta stands for the second device here
+    assert {(t.device.type, t.dtype) for t in vae.state_dict().values()} == {("meta", torch.float16)}
+
+
+class Chain(nn.Module):
+    """A UNet in miniature: blocks run one after another, each recording how many blocks hold fp32 weights."""
+
+    def __init__(self, width: int = 8, depth: int = 4) -> None:
+        super().__init__()
+        self.stem = nn.Linear(width, width)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(width, width), nn.GELU()) for _ in range(depth))
+        self.out = nn.Linear(width, width)
+        self.fp32_blocks_seen: list[int] = []
+        for block in (self.stem, *self.blocks, self.out):
+            block.register_forward_hook(lambda *_: self.fp32_blocks_seen.append(self.fp32_blocks()))
+
+    def fp32_blocks(self) -> int:
+        return sum(next(b.parameters()).dtype == torch.float32 for b in (self.stem, *self.blocks, self.out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.out(x)
+
+
+def test_blockwise_precision_holds_one_block_in_fp32_and_computes_as_the_whole_copy_would() -> None:
+    model = Chain().half()
+    x = torch.randn(2, 8, generator=torch.Generator().manual_seed(0)).half()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    tensors = {k: v.data_ptr() for k, v in model.state_dict().items()}
+    with module_forward_precision(model, Precision.FP32):
+        whole = model(x)
+    assert model.fp32_blocks_seen == [6] * 6
+    model.fp32_blocks_seen.clear()
+
+    with blockwise_forward_precision(model, Precision.FP32):
+        blockwise = model(x)
+        assert model.fp32_blocks() == 0  # nothing left cast between calls
+    assert model.fp32_blocks_seen == [1] * 6
+    assert blockwise.dtype == torch.float32 and torch.equal(blockwise, whole)
+    assert {k: v.data_ptr() for k, v in model.state_dict().items()} == tensors  # the fp16 originals themselves
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+    assert "forward" not in vars(model)
+    assert all(not b._forward_pre_hooks and len(b._forward_hooks) == 1 for b in (model.stem, *model.blocks, model.out))
+
+
+def test_blockwise_precision_restores_a_block_that_raised() -> None:
+    model = Chain().half()
+
+    def fail(*_: object) -> None:
+        raise RuntimeError("out of memory")
+
+    model.blocks[2].register_forward_hook(fail)
+    with blockwise_forward_precision(model, Precision.FP32), pytest.raises(RuntimeError, match="out of memory"):
+        model(torch.zeros(1, 8, dtype=torch.float16))
+    assert model.fp32_blocks() == 0
 
 
 # --- the recovery ----------------------------------------------------------------------------------

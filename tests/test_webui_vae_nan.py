@@ -16,6 +16,7 @@ import dataclasses
 import io
 import json
 import math
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -316,6 +317,74 @@ def test_vae_decode_overflow_is_redone_in_fp32_and_remembered(
 
 
 @stand_in_only
+@pytest.mark.parametrize(("version", "policy"), [("1.6.0", "Warn"), ("1.10.1", "Warn"), ("1.10.1", "Off")])
+def test_with_our_recovery_off_the_hosts_own_fp32_retry_really_runs_in_fp32(
+    fake_webui_factory, hooks: list[Any], version: str, policy: str
+) -> None:
+    fake = start(fake_webui_factory, version, half=True)
+    distilled(fake, "no-vae")
+    fake.write_vae("sdxl_vae", vae_weights(fake))
+    from modules import devices, shared
+
+    assert fake.select_checkpoint("no-vae")
+    shared.opts.set("ssd1b_vae_precision", "fp32")
+    reference = fake.txt2img()
+    shared.opts.set("ssd1b_vae_precision", "fp16")
+    shared.opts.set("ssd1b_nan_vae_decode", policy)
+    assert shared.opts.auto_vae_precision  # the host's "Automatically revert VAE to 32-bit floats"
+    calls: list[torch.dtype] = []
+    break_in_fp16(shared.sd_model.first_stage_model.decoder, "all", calls, hooks)  # all NaN: every host sees it
+
+    result = fake.txt2img()
+    assert calls == [torch.float16, torch.float32]  # ours in fp16, then the host's retry in fp32
+    assert torch.equal(pixels(result.images[0]), pixels(reference.images[0]))
+    assert devices.dtype_vae == torch.float32  # the host's switch, for the session, as the host does it
+
+
+@stand_in_only
+@pytest.mark.parametrize("version", ["1.6.0", "1.10.1"])
+def test_full_live_previews_use_the_decided_precision_and_wait_for_the_main_decode(
+    fake_webui_factory, hooks: list[Any], version: str
+) -> None:
+    fake = start(fake_webui_factory, version, half=True)
+    distilled(fake, "no-vae")
+    fake.write_vae("sdxl_vae", vae_weights(fake))
+    from modules import devices, errors, processing, shared
+
+    assert fake.select_checkpoint("no-vae")
+    shared.opts.set("ssd1b_vae_precision", "fp32")  # an fp16 VAE decoded in fp32
+    shared.opts.set("show_progress_type", "Full")
+    model, state = shared.sd_model, shared.state
+    latent = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)).half()
+    events: list[str] = []
+    break_in_fp16(model.first_stage_model.decoder, "all", [], hooks)  # an fp16 preview would be black
+
+    def record(_module: torch.nn.Module, _inputs: Any) -> None:
+        events.append(f"{threading.current_thread().name} {next(_module.parameters()).dtype}")
+
+    hooks.append(model.first_stage_model.decoder.register_forward_pre_hook(record))
+    state.current_latent = latent
+    state.do_set_current_image()  # as the progress API's thread asks for it, between decodes
+    assert events == ["MainThread torch.float32"] * 2  # a grid of the batch
+    assert pixels(state.current_image).mean() > 0 and not errors.exception_records
+
+    events.clear()
+    preview = threading.Thread(target=state.do_set_current_image, name="progress")
+
+    def ask_for_a_preview_meanwhile(_module: torch.nn.Module, _inputs: Any) -> None:
+        if not preview.is_alive() and preview.ident is None:
+            preview.start()
+            preview.join(0.5)  # the preview must wait for this decode, not run into its cast
+            events.append("main decode ends")
+
+    hooks.append(model.first_stage_model.decoder.register_forward_pre_hook(ask_for_a_preview_meanwhile))
+    processing.decode_latent_batch(model, latent[:1].to(devices.dtype_vae))
+    preview.join()
+    assert events == ["MainThread torch.float32", "main decode ends", *["progress torch.float32"] * 2]
+    assert devices.dtype_vae == torch.float16 and not errors.exception_records
+
+
+@stand_in_only
 @pytest.mark.parametrize("version", ["1.6.0", "1.10.1"])
 def test_vae_encode_overflow_is_redone_in_fp32(fake_webui_factory, hooks: list[Any], version: str) -> None:
     fake = start(fake_webui_factory, version, half=True)
@@ -339,11 +408,52 @@ def test_vae_encode_overflow_is_redone_in_fp32(fake_webui_factory, hooks: list[A
     assert calls == [torch.float32]
 
 
+@stand_in_only
+@pytest.mark.parametrize(("version", "flag", "precision"), [
+    ("1.6.0", "--medvram", "fp32"), ("1.10.1", "--lowvram", "fp32"), ("1.10.1", "--medvram", "bf16"),
+])
+def test_medvram_and_lowvram_find_the_vae_where_the_host_sent_it(
+    fake_webui_factory, monkeypatch: pytest.MonkeyPatch, version: str, flag: str, precision: str
+) -> None:
+    """The host's hook sends the VAE to the GPU inside our cast; after it, the VAE must be there, in fp16.
+
+    ``meta`` stands for the GPU (the stand-in has one device): shapes only, so the NaN checks are off.
+    """
+    fake = fake_webui_factory(version, extensions=[REPO_ROOT], cmd_args=(*HALF_PRECISION, flag))
+    distilled(fake, "no-vae")
+    fake.write_vae("sdxl_vae", vae_weights(fake))
+    from modules import devices, lowvram, processing, shared
+
+    assert fake.select_checkpoint("no-vae")
+    model, gpu = shared.sd_model, torch.device("meta")
+    assert model.lowvram
+    shared.opts.set("ssd1b_vae_precision", precision)
+    shared.opts.set("ssd1b_nan_vae_decode", "Off")
+    shared.opts.set("ssd1b_nan_vae_encode", "Off")
+    monkeypatch.setattr(devices, "device", gpu)
+    monkeypatch.setattr(shared, "device", gpu)
+
+    def where_the_vae_is() -> set[tuple[str, torch.dtype]]:
+        assert lowvram.module_in_gpu is model.first_stage_model
+        return {(t.device.type, t.dtype) for t in model.first_stage_model.state_dict().values()}
+
+    batch = torch.zeros(2, 4, 8, 8, dtype=torch.float16, device=gpu)  # batch size 2: the second decode
+    images = processing.decode_latent_batch(model, batch)  # finds the VAE already "in the GPU"
+    assert [tuple(image.shape) for image in images] == [(3, 64, 64)] * 2
+    assert where_the_vae_is() == {("meta", torch.float16)}
+    # hires fix with a non-latent upscaler: the upscaled images are encoded, the second pass decoded
+    latent = processing.images_tensor_to_samples(torch.zeros(2, 3, 128, 128, device=gpu), 0, model)
+    assert where_the_vae_is() == {("meta", torch.float16)}
+    processing.decode_latent_batch(model, latent.to(torch.float16))
+    assert where_the_vae_is() == {("meta", torch.float16)}
+
+
 # -- NaN-safe sampling -----------------------------------------------------------------------------
 
 
 def break_unet(fake: Any, how: str, *, unless: str, handles: list[Any]) -> list[int]:
-    """The UNet's output goes bad unless attention is upcast, or unless the UNet runs in fp32."""
+    """The UNet's output goes bad unless attention is upcast, or unless the UNet computes in fp32
+    (its output is fp32: the remedy casts one block at a time, so after the call the weights are fp16 again)."""
     from modules import shared
 
     unet = shared.sd_model.model.diffusion_model
@@ -351,7 +461,7 @@ def break_unet(fake: Any, how: str, *, unless: str, handles: list[Any]) -> list[
 
     def hook(_module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
         calls.append(1)
-        fine = shared.opts.upcast_attn if unless == "upcast" else next(unet.parameters()).dtype == torch.float32
+        fine = shared.opts.upcast_attn if unless == "upcast" else output.dtype == torch.float32
         return output if fine else corrupt(output, how)
 
     handles.append(unet.register_forward_hook(hook))
@@ -372,6 +482,13 @@ def test_unet_nan_is_redone_with_attention_upcast(
     assert fake.select_checkpoint("no-vae")
     reference = fake.txt2img()
     calls = break_unet(fake, how, unless="upcast", handles=hooks)
+    saved_meanwhile = fake.data_dir / "config-saved-during-the-redo.json"
+
+    def apply_settings_meanwhile(*_: Any) -> None:  # the UI's "Apply settings", on another thread
+        if shared.opts.upcast_attn:
+            shared.opts.save(str(saved_meanwhile))
+
+    hooks.append(shared.sd_model.model.diffusion_model.register_forward_hook(apply_settings_meanwhile))
     logged(capsys)
 
     result = fake.txt2img()  # "all" NaN: v1.6 raises NansException inside sampling; caught and redone
@@ -381,6 +498,7 @@ def test_unet_nan_is_redone_with_attention_upcast(
     assert logged(capsys).count("redone with attention in fp32") == 1
     assert len(shown) == 1 and "redone with attention in fp32" in shown[0]
     assert shared.opts.upcast_attn is False  # for that image only
+    assert json.loads(saved_meanwhile.read_text()).get("upcast_attn", False) is False  # never in config.json
 
 
 @stand_in_only
@@ -398,9 +516,15 @@ def test_unet_nan_that_upcasting_does_not_fix_is_redone_in_fp32(fake_webui_facto
         fp32.setattr(devices, "dtype_unet", torch.float32)  # the UNet's inputs are cast to it
         reference = fake.txt2img()
     calls = break_unet(fake, "nan", unless="fp32", handles=hooks)
+    fp32_blocks: list[int] = []  # while each block runs: how many blocks hold fp32 weights
+    blocks = [*unet.input_blocks, unet.middle_block, *unet.output_blocks]
+    for block in blocks:
+        hooks.append(block.register_forward_hook(lambda *_: fp32_blocks.append(
+            sum(next(b.parameters()).dtype == torch.float32 for b in blocks))))
 
     result = fake.txt2img()
     assert len(calls) == 6  # fp16, fp16 with attention upcast, fp32
+    assert max(fp32_blocks) == 1  # never a second copy of the whole UNet: one block at a time
     assert torch.equal(pixels(result.images[0]), pixels(reference.images[0]))
     assert params(result)[infotext.KEY_NAN_RECOVERY] == "unet fp16->fp32 at step 0"
     assert devices.dtype_unet == torch.float16 and "forward" not in vars(unet)

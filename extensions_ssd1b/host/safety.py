@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -47,6 +48,11 @@ class _Generation:
 
 _active: _Generation | None = None
 _recovery: nan.NanRecovery | None = None
+# Held while a VAE is cast for one call: a live preview (decoded on the progress API's thread)
+# waits instead of running a half-cast VAE or with our dtype_vae.  Re-entrant: the host's own calls nest
+# inside ours (decode_first_stage → samples_to_images_tensor).
+_vae_lock = threading.RLock()
+_in_our_call = threading.local()
 
 
 # -- one generation's record -----------------------------------------------------------------------
@@ -134,6 +140,22 @@ def _vae_in(module: Any, precision: settings.Precision) -> Iterator[None]:
         devices.dtype_vae = saved
 
 
+def _precision_for(module: Any, decided: settings.Precision) -> settings.Precision:
+    """``decided``, unless the host has converted the VAE and ``dtype_vae`` to something safer.
+
+    That is the host's own NaN fallback (``decode_latent_batch``: fp32, or bf16 from v1.8) redoing
+    a decode that our policy (Warn/Off) handed back with NaN: forcing ``decided`` again would redo
+    it in the precision that just failed, and the image would stay black.
+    """
+    from modules import devices
+
+    weights = next((t.dtype for t in module.parameters()), None)
+    if weights != devices.dtype_vae or weights not in nan.DTYPES.values():
+        return decided
+    host = nan.precision_of(weights)
+    return host if nan.is_safer(host, decided) else decided
+
+
 def _run_vae(
     call: Callable[[], Any],
     module: Any,
@@ -143,13 +165,14 @@ def _run_vae(
     inputs: Any,
 ) -> Any:
     recovery = _nan_recovery()
+    precision = _precision_for(module, decision.precision)
     try:
-        with _vae_in(module, decision.precision):
+        with _vae_lock, _ours(), _vae_in(module, precision):
             return recovery.run(
                 call,
                 stage=stage,
                 vae=decision.identity(),
-                precision=decision.precision,
+                precision=precision,
                 with_precision=functools.partial(_vae_in, module),
                 policy=policy,
                 learn=decision.precision_auto,
@@ -157,6 +180,52 @@ def _run_vae(
             )
     finally:
         record(recovery.take_notes())
+
+
+@contextlib.contextmanager
+def _ours() -> Iterator[None]:
+    """Marks this thread as inside one of our decode/encode calls (the host's inner calls pass through)."""
+    outer = getattr(_in_our_call, "active", False)
+    _in_our_call.active = True
+    try:
+        yield
+    finally:
+        _in_our_call.active = outer
+
+
+def _samples_to_images_tensor(
+    original: Callable[..., Any], sample: Any, approximation: Any = None, model: Any = None, *args: Any, **kwargs: Any
+) -> Any:
+    """Live previews ("Full") decode with the decided VAE, in the precision the main decode starts in.
+
+    The host decodes previews through ``model.decode_first_stage``, past our decode wrapper and on
+    another thread; without this a preview would run an fp16 VAE the decision keeps out of fp16
+    (or a VAE half-way through our cast).  No NaN retry and no record: it is a preview.
+    """
+    from modules import lowvram, sd_samplers_common, shared
+
+    call = functools.partial(original, sample, approximation, model, *args, **kwargs)
+    if getattr(_in_our_call, "active", False):
+        return call()  # our own decode, already in the decided VAE and precision
+    target = model if model is not None else shared.sd_model
+    resolved = approximation
+    if resolved is None:  # how the host picks the preview method
+        resolved = sd_samplers_common.approximation_indexes.get(shared.opts.show_progress_type, 0)
+        if resolved == 0 and lowvram.is_enabled(target) and not shared.opts.live_preview_allow_lowvram_full:
+            resolved = 1
+    decision = in_scope_vae(target, resolved == 0)
+    if decision is None:
+        return call()
+    if decision.source is choice.VaeSource.TAESD_XL:
+        module = _taesd(nan.Stage.DECODE)
+        call = functools.partial(nan.taesd_decode, module, sample)
+    else:
+        module = target.first_stage_model
+    configured = _precision_for(module, decision.precision)
+    recovery = _nan_recovery()
+    start = recovery.starting_precision(decision.identity(), nan.Stage.DECODE, configured)
+    with _vae_lock, _ours(), _vae_in(module, start if decision.precision_auto else configured):
+        return call()
 
 
 def _taesd(stage: nan.Stage) -> Any:
@@ -228,10 +297,11 @@ def _images_tensor_to_samples(
 def install_vae_safety() -> None:
     """VAE resolution and NaN-safe decode/encode (scripts/ wires it; idempotent)."""
     global _active, _recovery
-    from modules import processing, sd_vae
+    from modules import processing, sd_samplers_common, sd_vae
 
     _active, _recovery = None, None  # a new host (tests) or a reload starts afresh
     vae.forget_announcements()
     patch(sd_vae, "resolve_vae", vae.resolve_vae)
     patch(processing, "decode_first_stage", _decode_first_stage)
     patch(processing, "images_tensor_to_samples", _images_tensor_to_samples)
+    patch(sd_samplers_common, "samples_to_images_tensor", _samples_to_images_tensor)

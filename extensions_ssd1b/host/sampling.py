@@ -28,26 +28,33 @@ def _observe_step(params: Any) -> None:
 
 
 @contextlib.contextmanager
+def temporary_option(opts: Any, name: str, value: Any) -> Iterator[None]:
+    """``opts.<name>`` reads ``value`` inside the block, without touching ``opts.data``.
+
+    The host's ``Options.__getattr__`` answers only names the instance lacks, so an instance
+    attribute shadows the setting; ``opts.data`` (what "Apply settings" or any other ``opts.save``
+    writes to config.json, maybe from another thread meanwhile) never holds the override.
+    """
+    object.__setattr__(opts, name, value)
+    try:
+        yield
+    finally:
+        object.__delattr__(opts, name)
+
+
+@contextlib.contextmanager
 def _unet_remedy(model: Any, remedy: nan.UnetRemedy) -> Iterator[None]:
     from modules import devices, shared
 
     if remedy is nan.UnetRemedy.UPCAST_ATTENTION:
-        # The host's attention code reads opts.upcast_attn on every call; set without saving.
-        data = shared.opts.data
-        had, saved = "upcast_attn" in data, data.get("upcast_attn")
-        data["upcast_attn"] = True
-        try:
+        with temporary_option(shared.opts, "upcast_attn", True):  # the attention code reads it on every call
             yield
-        finally:
-            if had:
-                data["upcast_attn"] = saved
-            else:
-                data.pop("upcast_attn", None)
         return
     saved_dtype = devices.dtype_unet
     devices.dtype_unet = nan.DTYPES[settings.Precision.FP32]  # the host casts inputs and timesteps to it
     try:
-        with nan.module_forward_precision(model.model.diffusion_model, settings.Precision.FP32):
+        # One block in fp32 at a time: a second, fp32 copy of the whole UNet would not fit where this is needed.
+        with nan.blockwise_forward_precision(model.model.diffusion_model, settings.Precision.FP32):
             yield
     finally:
         devices.dtype_unet = saved_dtype

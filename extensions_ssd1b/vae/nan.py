@@ -19,7 +19,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import Enum
@@ -100,15 +100,24 @@ def module_precision(module: nn.Module, precision: Precision) -> Iterator[None]:
     """Run ``module`` in ``precision`` inside the block and give back the *original* tensors after.
 
     The originals are kept, not cast back: fp16→bf16→fp16 would lose mantissa bits for good.
-    Parameter objects stay the same (hooks, optimizers and patches keep working).  Lightning modules
-    (the webui's sgm ``AutoencoderKL``) report ``.dtype`` from a ``_dtype`` attribute, which the
-    webui reads to cast the decoder's input: it is switched along.
+    Parameter objects stay the same (hooks, optimizers and patches keep working).  A tensor moved
+    inside the block (the host's ``--medvram``/``--lowvram`` hook sends the module to the GPU when
+    it runs) gets its original back on the device it was moved to, or the host's bookkeeping of
+    what is on the GPU would be wrong.  Lightning modules (the webui's sgm ``AutoencoderKL``)
+    report ``.dtype`` from a ``_dtype`` attribute, which the webui reads to cast the decoder's
+    input: it is switched along.
     """
-    dtype = DTYPES[precision]
+    with _tensors_in(module.modules(), DTYPES[precision]):
+        yield
+
+
+@contextlib.contextmanager
+def _tensors_in(modules: Iterable[nn.Module], dtype: torch.dtype) -> Iterator[None]:
+    """The own parameters and buffers of ``modules`` (not their children's) in ``dtype``; see module_precision."""
     saved: list[tuple[dict[str, torch.Tensor | None], str, torch.Tensor]] = []
     reported: list[tuple[nn.Module, torch.dtype]] = []
     try:
-        for sub in module.modules():
+        for sub in modules:
             if isinstance(getattr(sub, "_dtype", None), torch.dtype):
                 reported.append((sub, sub._dtype))
                 sub._dtype = dtype
@@ -127,42 +136,120 @@ def module_precision(module: nn.Module, precision: Precision) -> Iterator[None]:
             sub._dtype = original_dtype
         for store, name, original in reversed(saved):
             current = store[name]
+            if current is not None and current.device != original.device:
+                original = original.to(current.device)  # a move, not a cast: nothing is lost
             if isinstance(current, nn.Parameter):
                 current.data = original
             else:
                 store[name] = original
 
 
-@contextlib.contextmanager
-def module_forward_precision(module: nn.Module, precision: Precision) -> Iterator[None]:
-    """:func:`module_precision`, and every call of ``module`` computes in ``precision`` too.
-
-    Floating-point inputs (positional and keyword tensors) are cast, and autocast is switched off
-    for the module's device, since under the host's ``torch.autocast`` fp32 weights would still
-    multiply in fp16.  The override is an instance attribute; one already there (extensions such as
-    ControlNet set one) is called through and put back on exit.
-    """
-    dtype = DTYPES[precision]
-    original = module.forward
-    previous = vars(module).get("forward")
-    device_type = next((t.device.type for t in module.parameters()), "cpu")
-
+def _cast_inputs(
+    args: tuple[object, ...], kwargs: dict[str, object], dtype: torch.dtype
+) -> tuple[tuple[object, ...], dict[str, object]]:
     def cast(value: object) -> object:
         return value.to(dtype) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
 
-    def forward(*args: object, **kwargs: object) -> object:
-        with _autocast_off(device_type):
-            return original(*(cast(a) for a in args), **{k: cast(v) for k, v in kwargs.items()})
+    return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
 
-    with module_precision(module, precision):
-        module.forward = forward  # type: ignore[method-assign]
+
+@contextlib.contextmanager
+def _forward_in(module: nn.Module, dtype: torch.dtype, after_call: Callable[[], None] | None = None) -> Iterator[None]:
+    """Every call of ``module`` gets its floating-point inputs in ``dtype`` and runs without autocast.
+
+    Autocast is switched off for the device the inputs are on (with ``--lowvram`` the weights may
+    still be on the CPU when the call starts), since under the host's ``torch.autocast`` fp32
+    weights would still multiply in fp16.  The override is an instance attribute; one already there
+    (extensions such as ControlNet set one) is called through and put back on exit.
+    ``after_call`` runs when each call ends, also on an exception.
+    """
+    original = module.forward
+    previous = vars(module).get("forward")
+
+    def forward(*args: object, **kwargs: object) -> object:
+        tensors = [v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)]
+        device_type = tensors[0].device.type if tensors else next((t.device.type for t in module.parameters()), "cpu")
         try:
-            yield
+            with _autocast_off(device_type):
+                args, kwargs = _cast_inputs(args, kwargs, dtype)
+                return original(*args, **kwargs)
         finally:
-            if previous is None:
-                del module.forward
-            else:
-                module.forward = previous  # type: ignore[method-assign]
+            if after_call is not None:
+                after_call()
+
+    module.forward = forward  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        if previous is None:
+            del module.forward
+        else:
+            module.forward = previous  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def module_forward_precision(module: nn.Module, precision: Precision) -> Iterator[None]:
+    """:func:`module_precision`, and every call of ``module`` computes in ``precision`` too (:func:`_forward_in`).
+
+    This holds a whole copy of the module in ``precision`` next to the originals; for a UNet use
+    :func:`blockwise_forward_precision`.
+    """
+    with module_precision(module, precision), _forward_in(module, DTYPES[precision]):
+        yield
+
+
+def sequential_blocks(module: nn.Module) -> list[nn.Module]:
+    """The parts ``module`` runs one after another: its children, with a ``ModuleList`` child's elements
+    in its place (an SGM UNet: ``time_embed``, ``label_emb``, each input block, ``middle_block``, each
+    output block, ``out``; the host's ``--lowvram`` moves the UNet in the same pieces)."""
+    blocks: list[nn.Module] = []
+    for child in module.children():
+        blocks.extend(child if isinstance(child, nn.ModuleList) else (child,))
+    return blocks
+
+
+@contextlib.contextmanager
+def blockwise_forward_precision(
+    module: nn.Module, precision: Precision, blocks: Sequence[nn.Module] | None = None
+) -> Iterator[None]:
+    """:func:`module_forward_precision` with only one block in ``precision`` at a time.
+
+    A whole fp32 copy of SSD-1B's UNet is 5.3 GB next to its 2.7 GB in fp16: an out-of-memory on
+    the very cards this remedy is for.  Here a forward pre-hook casts a block when it starts (its
+    inputs too) and a forward hook gives it back its originals when it ends, so the extra memory
+    peaks at one block's copy (``benchmarks/bench_unet_remedy.py``).  Tensors outside every block
+    (none in an SGM UNet) stay cast for the whole time.  ``blocks``: default :func:`sequential_blocks`.
+    """
+    dtype = DTYPES[precision]
+    blocks = list(sequential_blocks(module) if blocks is None else blocks)
+    in_blocks = {id(sub) for block in blocks for sub in block.modules()}
+    outside = [sub for sub in module.modules() if id(sub) not in in_blocks]
+    open_casts: dict[int, contextlib.ExitStack] = {}
+
+    def cast_block(block: nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> object:
+        if id(block) not in open_casts:  # a block that calls itself stays cast until its outer call ends
+            stack = contextlib.ExitStack()
+            stack.enter_context(module_precision(block, precision))
+            open_casts[id(block)] = stack
+        return _cast_inputs(args, kwargs, dtype)
+
+    def restore_block(block: nn.Module, _args: object, _kwargs: object, _output: object) -> None:
+        stack = open_casts.pop(id(block), None)
+        if stack is not None:
+            stack.close()
+
+    def restore_all() -> None:  # a block that raised never reached its forward hook
+        while open_casts:
+            open_casts.popitem()[1].close()
+
+    with contextlib.ExitStack() as stack:
+        for block in blocks:
+            stack.callback(block.register_forward_pre_hook(cast_block, with_kwargs=True).remove)
+            stack.callback(block.register_forward_hook(restore_block, with_kwargs=True).remove)
+        stack.callback(restore_all)
+        stack.enter_context(_tensors_in(outside, dtype))
+        stack.enter_context(_forward_in(module, dtype, after_call=restore_all))
+        yield
 
 
 def _autocast_off(device_type: str) -> AbstractContextManager[object]:

@@ -1,9 +1,9 @@
-"""Image saving, as in A1111's modules/images.py: only ``save_image`` and its callbacks."""
+"""Image saving, as in A1111's modules/images.py: ``save_image`` with its callbacks, and ``image_grid``."""
 
 import os
 
 from modules import script_callbacks
-from PIL import PngImagePlugin
+from PIL import Image, PngImagePlugin
 
 
 def save_image_with_geninfo(image, geninfo, filename, extension=None, existing_pnginfo=None, pnginfo_section_name='parameters'):
@@ -41,3 +41,14 @@ def save_image(image, path, basename, seed=None, prompt=None, extension='png', i
     script_callbacks.image_saved_callback(params)
 
     return fullfn, None
+
+
+def image_grid(imgs, batch_size=1, rows=None):
+    """The images side by side in one row (the real one picks rows from the options)."""
+    w, h = imgs[0].size
+    grid = Image.new('RGB', size=(len(imgs) * w, h), color='black')
+
+    for i, img in enumerate(imgs):
+        grid.paste(img, box=(i * w, 0))
+
+    return grid

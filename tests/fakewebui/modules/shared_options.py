@@ -113,6 +113,9 @@ options_templates.update(options_section(_section('ui', "User interface", "ui"),
 options_templates.update(options_section(_section('ui', "Live previews", "ui"), {
     "live_previews_enable": OptionInfo(True, "Show live previews of the created image"),
     "show_progress_type": OptionInfo("Approx NN", "Live preview method", gr.Radio, {"choices": ["Full", "Approx NN", "Approx cheap", "TAESD"]}),
+    "show_progress_every_n_steps": OptionInfo(10, "Live preview display period"),
+    "show_progress_grid": OptionInfo(True, "Show previews of all images generated in a batch as a grid"),
+    "live_preview_allow_lowvram_full": OptionInfo(False, "Allow Full live preview method with lowvram/medvram"),
 }))
 
 options_templates.update(options_section(_section('sampler-params', "Sampler parameters", "sd"), {

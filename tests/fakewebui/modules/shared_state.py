@@ -36,6 +36,30 @@ class State:
         def stop_generating(self):
             self.stopping_generation = True
 
+    def do_set_current_image(self):
+        """The live preview, decoded on the thread that asks (the progress API's, or sampling's with --medvram)."""
+        if self.current_latent is None:
+            return
+
+        from modules import errors, sd_samplers_common, shared  # the real one: modules.sd_samplers (re-exports)
+
+        try:
+            if shared.opts.show_progress_grid:
+                self.assign_current_image(sd_samplers_common.samples_to_image_grid(self.current_latent))
+            else:
+                self.assign_current_image(sd_samplers_common.sample_to_image(self.current_latent))
+
+            self.current_image_sampling_step = self.sampling_step
+
+        except Exception:
+            # when switching models during genration, VAE would be on CPU, so creating an image will fail.
+            # we silently ignore this error
+            errors.record_exception()
+
+    def assign_current_image(self, image):
+        self.current_image = image
+        self.id_live_preview += 1
+
     def nextjob(self):
         self.job_no += 1
         self.sampling_step = 0
