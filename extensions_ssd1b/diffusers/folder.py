@@ -15,6 +15,7 @@ from pathlib import Path
 from ..core.errors import CheckpointError
 from ..io.cache import file_version
 from ..io.dtypes import DTYPES
+from ..io.header import is_safetensors_name
 
 FORM_DIFFUSERS_FOLDER = "diffusers-folder"  # how inspect and the badge name this form of checkpoint
 
@@ -26,13 +27,18 @@ DIFFUSERS_PARTS = (
     ("vae", "diffusion_pytorch_model"),
 )
 
-_WEIGHT_FILE = re.compile(r"^(?P<stem>[A-Za-z_]+)(?P<rest>(?:[.-][\w-]+)*)\.safetensors$")
+_WEIGHT_FILE = re.compile(r"^(?P<stem>[A-Za-z_]+)(?P<rest>(?:[.-][\w-]+)*)\.(?i:safetensors)$")
 _SHARD = re.compile(r"-(\d{5})-of-(\d{5})")
 
 
 def is_diffusers_folder(path: Path) -> bool:
     """A diffusers SDXL pipeline folder (``model_index.json`` or a second text encoder beside ``unet/``)."""
     return (path / "unet").is_dir() and ((path / "model_index.json").is_file() or (path / "text_encoder_2").is_dir())
+
+
+def _safetensors_files(folder: Path) -> list[Path]:
+    """The folder's .safetensors files (any case of the suffix), sorted; none for a missing folder."""
+    return sorted(path for path in folder.iterdir() if is_safetensors_name(path)) if folder.is_dir() else []
 
 
 def weight_variant(path: Path) -> tuple[str, str] | None:
@@ -48,7 +54,7 @@ def weight_files(folder: Path, stem: str, dtype: str, variant: str | None = None
     ``variant`` ("fp16", "" for none …) is taken when the folder has it; otherwise the one that
     matches ``dtype``, else the plain one."""
     groups: dict[str, list[Path]] = {}
-    for path in sorted(folder.glob("*.safetensors")):
+    for path in _safetensors_files(folder):
         named = weight_variant(path)
         if named is None or named[0] != stem:
             continue
@@ -91,14 +97,14 @@ def component_folder(path: str | os.PathLike[str]) -> tuple[Path, str] | None:
     return path.parent.parent, part
 
 
-def checkpoint_version(path: str) -> tuple[int, ...]:
+def checkpoint_version(path: str) -> tuple[object, ...]:
     """What changes when the checkpoint at ``path`` does: the file's version, and for a diffusers folder's
-    UNet file also the modification times of the folder and its parts (a file added or removed)."""
-    version: tuple[int, ...] = file_version(path)
+    UNet file the version of every weight file of its parts (one rewritten in place, added or removed)."""
+    version: tuple[object, ...] = file_version(path)
     if (root := pipeline_root(path)) is not None:
-        folders = [root, *(root / part for part, _ in DIFFUSERS_PARTS)]
         try:
-            version += tuple(os.stat(f).st_mtime_ns if f.is_dir() else 0 for f in folders)
-        except OSError as error:
-            raise CheckpointError(path, f"cannot be read: {error.strerror or error}") from None
+            files = [file for part, _ in DIFFUSERS_PARTS for file in _safetensors_files(root / part)]
+        except OSError as error:  # a part folder removed or unreadable while we look
+            raise CheckpointError(root, f"cannot be read: {error.strerror or error}") from None
+        version += tuple((str(file.relative_to(root)), *file_version(file)) for file in files)
     return version

@@ -12,7 +12,6 @@ import dataclasses
 import functools
 import hashlib
 import logging
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -39,8 +38,16 @@ def build_distilled_unet(layout: Mapping[str, Any], attn_type: str = "softmax", 
     return build_unet(openaimodel, layout_from_dict(layout), attn_type=attn_type)
 
 
+# Under the webui's data folder (``--data-dir``), beside host/safety.py's precision store: the user's
+# own, unlike the shared temp folder, where another local user could plant a config (its ``target``
+# is code the webui runs) or own the folder and make every load fail.
+CONFIG_FOLDER = ("ssd1b", "configs")
+
+
 def config_directory() -> Path:
-    directory = Path(tempfile.gettempdir()) / "sd-webui-ssd1b" / "configs"
+    from modules import paths_internal
+
+    directory = Path(paths_internal.data_path, *CONFIG_FOLDER)
     directory.mkdir(parents=True, exist_ok=True)
     return directory
 
@@ -69,9 +76,16 @@ def write_distilled_config(base_config: str, detection: Detection) -> str:
     text = yaml.safe_dump(config, sort_keys=True)
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
     path = config_directory() / f"{detection.family_key}-{digest}.yaml"
-    if not path.exists():
+    if _read_bytes(path) != text.encode("utf-8"):  # missing, stale or tampered with: ours replaces it
         write_text(path, text)
     return str(path)
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
 
 
 @functools.lru_cache(maxsize=16)
@@ -131,14 +145,30 @@ def find_checkpoint_config(original: Callable[..., Any], state_dict: dict[str, A
     if detection.form is Form.DIFFUSERS_UNET:
         rename_diffusers_unet(state_dict, detection)
     near = sd_models_config.find_checkpoint_config_near_filename(info) if info is not None else None
+    filename = getattr(info, "filename", "checkpoint")
     if near is not None:
         if builds(near, detection.layout):
-            log.info(
-                "%s: %s; using %s beside it, which builds exactly this UNet", info.filename, describe(detection), near
-            )
+            found = f"{filename}: {describe(detection)}"
+            _stage(filename, f"{found}; using {near} beside it, which builds exactly this UNet")
             return near
-        log.info("ignoring %s: it does not build the UNet this checkpoint holds (%s)", near, detection.family_name)
+        ignored = f"ignoring {near}: it does not build the UNet this checkpoint holds ({detection.family_name}); "
+    else:
+        ignored = ""
     path = write_distilled_config(sd_models_config.config_sdxl, detection)
-    filename = getattr(info, "filename", "checkpoint")
-    log.info("%s: %s; building the UNet at its true shape", filename, describe(detection))
+    _stage(filename, f"{ignored}{filename}: {describe(detection)}; building the UNet at its true shape")
     return path
+
+
+# The host asks for the config twice when it switches models (reload_model_weights, then load_model):
+# the line is staged here and printed once by the weight load that follows (announce_load).
+_staged: dict[str, str] = {}
+
+
+def _stage(filename: str, line: str) -> None:
+    _staged[filename] = line
+
+
+def announce_load(filename: str) -> None:
+    """Print the config line staged for ``filename``, once per load (called when its weights load)."""
+    if (line := _staged.pop(filename, None)) is not None:
+        log.info("%s", line)

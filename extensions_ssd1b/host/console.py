@@ -17,25 +17,19 @@ HANDLER_NAME = "ssd1b-console"
 
 
 class ConsoleHandler(logging.Handler):
-    """One "[SSD-1B] message" line per record on stdout; a line equal to the one before is dropped.
+    """One "[SSD-1B] message" line per record on stdout, repeats included (two loads, two lines).
 
-    The host asks for the same config twice per load, so without the repeat filter each load
-    would print its line twice.  ``sys.stdout`` is looked up per record: the host redirects it.
+    ``sys.stdout`` is looked up per record: the host redirects it.
     """
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
         self.set_name(HANDLER_NAME)
         self.setFormatter(logging.Formatter(f"{PREFIX} %(message)s"))
-        self._last = ""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            line = self.format(record)
-            if line == self._last:
-                return
-            self._last = line
-            sys.stdout.write(line + "\n")
+            sys.stdout.write(self.format(record) + "\n")
             sys.stdout.flush()
         except Exception:
             self.handleError(record)

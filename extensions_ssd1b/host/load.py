@@ -151,6 +151,7 @@ def _strict_load_model_weights(
 
             state_dict = sd_models.get_checkpoint_state_dict(checkpoint_info, timer)
         verify_unet_state_dict(unet, state_dict, checkpoint_info.filename)
+    config.announce_load(checkpoint_info.filename)
     return original(model, checkpoint_info, state_dict, timer, *args, **kwargs)
 
 

@@ -6,6 +6,8 @@ Settings are registered at script import, so they exist with ``--nowebui`` and i
 from __future__ import annotations
 
 import functools
+import os
+import re
 from typing import Any
 
 from ..arch.families import match_family
@@ -77,11 +79,36 @@ def make_safety_script_class() -> type:
 
 
 def listed_checkpoint_path(title: str) -> str | None:
-    """The file behind a checkpoint title/name the webui lists; None for anything else."""
+    """The file behind a checkpoint title/name the webui lists; None for anything else.
+
+    "Refresh" empties the host's list before refilling it (``list_models``), so a title missing
+    from it is also looked up in the checkpoint folders, where the host's list comes from.
+    """
     from modules import sd_models
 
     info = sd_models.checkpoints_list.get(title) or sd_models.checkpoint_aliases.get(title)
-    return info.filename if info is not None else None
+    return info.filename if info is not None else _checkpoint_in_folders(title)
+
+
+_SHORT_HASH = re.compile(r" \[[0-9a-f]{8,10}\]$")  # "name [shorthash]" titles
+_CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")  # list_models' ext_filter, compared lowercased as it does
+_NOT_CHECKPOINTS = (".vae.safetensors", ".vae.ckpt")  # and its ext_blacklist
+
+
+def _checkpoint_in_folders(title: str) -> str | None:
+    """The file a title names relative to a checkpoint folder (as ``CheckpointInfo.name`` is), if it is one."""
+    from modules import sd_models, shared
+
+    relative = _SHORT_HASH.sub("", title)
+    if not relative.lower().endswith(_CHECKPOINT_SUFFIXES) or relative.lower().endswith(_NOT_CHECKPOINTS):
+        return None
+    folders = [sd_models.model_path, getattr(shared.cmd_opts, "ckpt_dir", None)]
+    for folder in filter(None, folders):
+        root = os.path.realpath(folder)
+        candidate = os.path.realpath(os.path.join(root, relative))
+        if os.path.commonpath([root, candidate]) == root and os.path.isfile(candidate):
+            return candidate
+    return None
 
 
 def inspect_listed_checkpoint(title: str) -> dict[str, Any]:

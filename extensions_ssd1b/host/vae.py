@@ -2,7 +2,8 @@
 
 ``sd_vae.resolve_vae`` is wrapped so that a distilled checkpoint without a VAE gets the resolved
 file instead of zeros; the decision's reason is printed once.  VAE files are described (header and
-fingerprint) once per file version.
+fingerprint) once per file version, and known by content through the host's own sha256 of them,
+kept in its cache (``modules.hashes``): a file is hashed once, only when a decision depends on it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ..arch.detect import Detection
 from ..core import settings
 from ..core.errors import CheckpointError, LayoutError, NotSdxlFamily
 from ..io.cache import per_file_version
+from ..io.header import is_safetensors_name
 from ..vae import choice, nan
 from . import checkpoints
 
@@ -43,6 +45,29 @@ def _describe_vae(name: str, path: str) -> choice.VaeFile:
         return choice.VaeFile(name, path, problem=error.reason)
 
 
+@per_file_version(maxsize=256)
+def _file_sha256(path: str, name: str) -> str | None:
+    from modules import hashes
+
+    try:  # cached by the host across restarts; None with --no-hashing and nothing cached
+        return hashes.sha256(path, f"{VAE_HASH_TITLE_PREFIX}{name}")
+    except OSError:  # gone since the list was made (v1.6's sha256_from_cache raises then)
+        return None
+
+
+# The host's own "vae" title is one entry for every VAE (sd_vae.get_loaded_vae_hash): each file gets
+# its own, named like the host's "checkpoint/<name>" entries.
+VAE_HASH_TITLE_PREFIX = "vae/"
+
+
+def vae_sha256(vae: choice.VaeFile) -> str | None:
+    """The full sha256 of a VAE file, from the host's hash cache (computed there once if missing)."""
+    try:
+        return _file_sha256(vae.path, vae.name)
+    except CheckpointError:
+        return None
+
+
 @per_file_version(maxsize=64)
 def _file_fingerprint(path: str) -> str | None:
     try:
@@ -60,7 +85,7 @@ def checkpoint_vae_fingerprint(path: str) -> str | None:
 
 def scope_detection(checkpoint_file: str | None, values: settings.Values) -> Detection | None:
     """The detection of an SDXL-family checkpoint our settings apply to; None for the host's own."""
-    if not checkpoint_file or not str(checkpoint_file).lower().endswith(".safetensors"):
+    if not checkpoint_file or not is_safetensors_name(checkpoint_file):
         return None
     try:
         detection = checkpoints.detect_checkpoint_file(checkpoint_file)
@@ -101,6 +126,7 @@ def decide_vae(checkpoint_file: str | None) -> choice.VaeDecision | choice.VaeRe
         ),
         checkpoint_vae_fingerprint=checkpoint_vae_fingerprint(checkpoint_file) if has_vae else None,
         models_dir=paths.models_path,
+        content_sha256=vae_sha256,
     )
 
 

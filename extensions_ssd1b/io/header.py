@@ -27,6 +27,12 @@ from .dtypes import SIZES
 
 # Real SDXL headers are ~200 KB; anything past this is not a checkpoint we want to parse.
 MAX_HEADER_BYTES = 64 * 1024 * 1024
+SAFETENSORS_SUFFIX = ".safetensors"
+
+
+def is_safetensors_name(path: str | os.PathLike[str]) -> bool:
+    """A name ending in ``.safetensors`` in any case, as A1111 lists them (``MODEL.SAFETENSORS`` too)."""
+    return os.fspath(path).lower().endswith(SAFETENSORS_SUFFIX)
 
 
 class TensorInfo(NamedTuple):  # a tuple: thousands are made per header, and tuples are cheap

@@ -23,6 +23,7 @@ from .. import __version__
 from ..diffusers.plan import ConvertError, Planned, plan_conversion
 from ..io.cast import cast, output_dtype
 from ..io.dtypes import BY_VARIANT, SIZES
+from ..io.header import is_safetensors_name
 from ..io.stream import TensorReader
 from ..io.write import TensorSpec, header_bytes, write_safetensors
 from .progress import Progress
@@ -82,6 +83,14 @@ def _copy(
     return overflowed
 
 
+def _shareable_name(path: str, source: Path) -> str:
+    """``path`` as metadata may show it: relative to the source folder ("unet/…"), else the file's name."""
+    file = Path(path)
+    if source.is_dir() and file.is_relative_to(source):
+        return file.relative_to(source).as_posix()
+    return file.name
+
+
 def convert(
     source: str | os.PathLike[str],
     destination: str | os.PathLike[str],
@@ -98,7 +107,7 @@ def convert(
     target = BY_VARIANT[dtype]
     source, destination = Path(source), Path(destination)
     components = Path(components) if components is not None else None
-    if destination.suffix != ".safetensors":
+    if not is_safetensors_name(destination):
         raise ConvertError(f"{destination}: the output must be a .safetensors file")
     if destination.is_dir():
         raise ConvertError(f"{destination}: is a folder; give the output file name")
@@ -117,11 +126,12 @@ def convert(
         "ssd1b.tool": f"sd-webui-ssd1b {__version__} convert",
         "ssd1b.family": family,
         "ssd1b.dtype": dtype,
-        "ssd1b.converted_from": json.dumps([str(source)]),
-        "ssd1b.source_files": json.dumps(plan.sources),
+        # names only, relative to what was given: an absolute path would publish the home folder
+        "ssd1b.converted_from": json.dumps([source.name]),
+        "ssd1b.source_files": json.dumps([_shareable_name(path, source) for path in plan.sources]),
     }
     if components is not None:
-        metadata["ssd1b.components_from"] = str(components)
+        metadata["ssd1b.components_from"] = components.name
     # Read in source order: sequential on disk, whatever order the output uses.
     order = {path: i for i, path in enumerate(dict.fromkeys(p.pieces[0].header.path for p in plan.tensors))}
     ordered = sorted(plan.tensors, key=lambda p: (order[p.pieces[0].header.path], p.pieces[0].info.begin))

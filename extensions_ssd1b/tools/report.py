@@ -459,11 +459,12 @@ def _walk(root: Path) -> Iterable[tuple[str, Path]]:
                 yield "diffusers", here / name
         dirs[:] = sorted(d for d in dirs if not is_diffusers_folder(here / d))
         for name in sorted(files):
-            if name.endswith(A1111_IGNORED_SUFFIXES):
+            lowered = name.lower()  # A1111 lists MODEL.SAFETENSORS too
+            if lowered.endswith(A1111_IGNORED_SUFFIXES):
                 continue
-            if name.endswith(CHECKPOINT_SUFFIXES):
+            if lowered.endswith(CHECKPOINT_SUFFIXES):
                 yield "file", here / name
-            elif name.endswith(PICKLE_SUFFIXES):
+            elif lowered.endswith(PICKLE_SUFFIXES):
                 yield "pickle", here / name
 
 

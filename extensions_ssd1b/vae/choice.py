@@ -11,8 +11,9 @@ that names the file to download and the folder to put it in.
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -22,7 +23,7 @@ import torch
 from ..core import infotext
 from ..core.errors import CheckpointError
 from ..core.settings import VAE_AUTOMATIC, VAE_TAESD_XL, Precision
-from ..io.header import read_header
+from ..io.header import SafetensorsHeader, is_safetensors_name, read_header
 from .nan import (
     TAESD_DIR,
     TAESD_URL,
@@ -42,18 +43,35 @@ class VaeKind(str, Enum):
     FP16_FIX = "sdxl-vae-fp16-fix"  # rescaled SDXL VAE: no fp16 overflow
     SDXL = "SDXL VAE"  # Stability's SDXL VAE (0.9/1.0): overflows fp16 in its up-blocks
     SDXL_NAMED = "SDXL VAE (by name)"  # the name says XL; which weights is unknown
+    SD1 = "SD 1.x VAE"  # same shapes as SDXL's, other latent space: wrong colours on SDXL models
+    NOT_SDXL = "not an SDXL VAE"  # another latent width (SD3, FLUX: 16 channels)
     UNKNOWN = "unknown VAE"
 
 
-# sha256 of whole files (A1111 shows the first 10 hex digits as "VAE hash").  Public manifests agree
-# on both; the fp16-fix one is also what Civitai serves as Pony XL's VAE.
+# sha256 of whole published files (A1111 shows the first 10 hex digits as "VAE hash"), as download
+# manifests pin them:
+# - fp16-fix: https://huggingface.co/madebyollin/sdxl-vae-fp16-fix/resolve/207b116dae70ace3637169f1ddd2434b91b3a8cd/
+#   sdxl.vae.safetensors (334,641,162 B); the repo's sdxl_vae.safetensors has the same hash, and so has
+#   Civitai's Pony Diffusion V6 XL VAE (https://civitai.com/api/download/models/290640?type=VAE).
+# - SDXL 1.0: https://huggingface.co/stabilityai/sdxl-vae/resolve/main/sdxl_vae.safetensors.
+# - SD 1.x ft-MSE: https://huggingface.co/stabilityai/sd-vae-ft-mse-original/resolve/main/
+#   vae-ft-mse-840000-ema-pruned.safetensors.
+# Not found in any citable source, so not listed: the SDXL 0.9 VAE, and the fp16-fix repo's diffusers
+# diffusion_pytorch_model.safetensors (a diffusers-format file the webui cannot load anyway).
 KNOWN_SHA256 = {
     "235745af8d86bf4a4c1b5b4f529868b37019a10f7c0b2e79ad0abca3a22bc6e1": VaeKind.FP16_FIX,
     "63aeecb90ff7bc1c115395962d3e803571385b61938377bc7089b36e81e92e2e": VaeKind.SDXL,
+    "735e4c3a447a3255760d7f86845f09f937809baa529c17370d83e4c3758f3c75": VaeKind.SD1,
 }
 # nan.vae_fingerprint of known VAEs.  Empty until computed from the real files (no weights here):
-# run nan.file_fingerprint() on sdxl.vae.safetensors and sdxl_vae.safetensors and add them.
+# run nan.file_fingerprint() on sdxl.vae.safetensors and sdxl_vae.safetensors and add them.  Until
+# then a baked-in VAE is recognised through an installed VAE file of the same fingerprint whose
+# sha256 is known (see _Context.checkpoint_vae).
 KNOWN_FINGERPRINTS: dict[str, VaeKind] = {}
+# What the header can tell: SD 1.x, SD 2.x and SDXL VAEs are all KL-f8 autoencoders with 4 latent
+# channels and identical tensor names and shapes, so only the content (sha256, fingerprint) tells them
+# apart.  The header does tell a VAE of another latent width (SD3 and FLUX: 16), which never fits SDXL.
+SDXL_LATENT_CHANNELS = 4
 
 # fp16-fix as it is usually saved: its repo's "sdxl.vae.safetensors", or any name saying fp16-fix.
 _FP16_FIX_NAME = re.compile(r"fp16[-_. ]?fix|sdxl[-_. ]?vae[-_. ]?fp16|^sdxl\.vae\.[a-z]+$", re.IGNORECASE)
@@ -76,6 +94,7 @@ class VaeFile:
     fingerprint: str | None = None
     key_format: KeyFormat = KeyFormat.UNKNOWN
     problem: str | None = None  # why it cannot be used, e.g. an unreadable header
+    latent_channels: int | None = None  # from the header (decoder.conv_in); None when not read
 
     @property
     def loadable(self) -> bool:
@@ -97,7 +116,7 @@ def describe_vae_file(name: str, path: str, *, sha256: str | None = None) -> Vae
 
     .pt/.ckpt files are not opened (unpickling runs code): they keep ``KeyFormat.UNKNOWN``.
     """
-    if Path(path).suffix.lower() != ".safetensors":
+    if not is_safetensors_name(path):
         return VaeFile(name, path, sha256)
     try:
         header = read_header(path)
@@ -105,7 +124,16 @@ def describe_vae_file(name: str, path: str, *, sha256: str | None = None) -> Vae
         fingerprint = file_fingerprint(path, header) if key_format is not KeyFormat.NOT_A_VAE else None
     except CheckpointError as error:
         return VaeFile(name, path, sha256, problem=error.reason)
-    return VaeFile(name, path, sha256, fingerprint, key_format)
+    return VaeFile(name, path, sha256, fingerprint, key_format, latent_channels=latent_channels(header))
+
+
+def latent_channels(header: SafetensorsHeader) -> int | None:
+    """The latent width a VAE decodes from (its decoder's first convolution), in any key naming."""
+    for prefix in VAE_KEY_PREFIXES:
+        conv_in = header.tensors.get(f"{prefix}decoder.conv_in.weight")
+        if conv_in is not None and len(conv_in.shape) == 4:
+            return conv_in.shape[1]
+    return None
 
 
 @dataclass(frozen=True)
@@ -115,16 +143,23 @@ class Identification:
 
     @property
     def strength(self) -> int:
-        return {"sha256": 3, "fingerprint": 3, "file name": 1}.get(self.evidence, 0)
+        return {"sha256": 3, "fingerprint": 3, "header": 2, "file name": 1}.get(self.evidence, 0)
+
+    @property
+    def by_content(self) -> bool:
+        return self.evidence in ("sha256", "fingerprint", "header")
 
 
 def identify(vae: VaeFile) -> Identification:
+    """What ``vae`` is, from the strongest evidence at hand: content, then header, then file name."""
     if vae.sha256 and len(vae.sha256) >= 10:
         for known, kind in KNOWN_SHA256.items():
             if known.startswith(vae.sha256.lower()):
                 return Identification(kind, "sha256")
     if vae.fingerprint and vae.fingerprint in KNOWN_FINGERPRINTS:
         return Identification(KNOWN_FINGERPRINTS[vae.fingerprint], "fingerprint")
+    if vae.latent_channels is not None and vae.latent_channels != SDXL_LATENT_CHANNELS:
+        return Identification(VaeKind.NOT_SDXL, "header")
     if _FP16_FIX_NAME.search(vae.name):
         return Identification(VaeKind.FP16_FIX, "file name")
     if _XL_NAME.search(vae.name):
@@ -274,16 +309,19 @@ def resolve_vae(
     webui: WebuiVae = WebuiVae(),
     checkpoint_vae_fingerprint: str | None = None,
     models_dir: str = "models",
+    content_sha256: Callable[[VaeFile], str | None] | None = None,
 ) -> VaeDecision | VaeRefusal:
     """Decide the VAE for ``checkpoint`` (its file name) and the precision to run it in.
 
     ``setting``: our "VAE for distilled models" ("Automatic", "TAESD-XL" or a VAE name);
     ``checkpoint_has_vae``: from the header (``detect.has_vae``); ``available``: the webui's VAE files
-    (``describe_vae_file`` over ``sd_vae.vae_dict``); ``models_dir``: shown in messages.
+    (``describe_vae_file`` over ``sd_vae.vae_dict``); ``models_dir``: shown in messages;
+    ``content_sha256``: a file's full sha256 (the host's cached hash), asked only for the files whose
+    identity the decision depends on and that neither a known hash nor the header settles.
     """
     context = _Context(
         checkpoint, checkpoint_has_vae, precision, {v.name: v for v in available}, taesd, device,
-        checkpoint_vae_fingerprint, models_dir,
+        checkpoint_vae_fingerprint, models_dir, content_sha256,
     )  # fmt: skip
     if webui.commandline_path:
         path = webui.commandline_path
@@ -316,6 +354,15 @@ class _Context:
     device: DeviceCaps
     checkpoint_fingerprint: str | None
     models_dir: str
+    content_sha256: Callable[[VaeFile], str | None] | None = None
+
+    def identify(self, vae: VaeFile) -> Identification:
+        """:func:`identify`, hashing the file's content first where nothing stronger than its name is known."""
+        found = identify(vae)
+        if found.by_content or vae.sha256 or self.content_sha256 is None or not vae.loadable:
+            return found
+        digest = self.content_sha256(vae)
+        return identify(dataclasses.replace(vae, sha256=digest)) if digest else found
 
     def explicit(self, choice: str, chosen_by: str) -> VaeDecision | VaeRefusal:
         if choice == WEBUI_NONE:
@@ -341,7 +388,7 @@ class _Context:
             return VaeRefusal(f"VAE '{vae.name}' ({chosen_by}) cannot be read: {vae.problem}")
         if not vae.loadable:
             return VaeRefusal(_unloadable_message(vae, chosen_by), (fp16_fix_download(self.models_dir),))
-        found = identify(vae)
+        found = self.identify(vae)
         fp16_safe = found.kind is VaeKind.FP16_FIX
         chosen, why = choose_precision(
             self.precision, fp16_safe=fp16_safe, overflows_fp16=found.kind is VaeKind.SDXL, device=self.device
@@ -352,8 +399,18 @@ class _Context:
             f"VAE {vae.name}: {found.kind.value}{evidence}, {chosen_by}; {why}.", vae.fingerprint,
         )  # fmt: skip
 
+    def baked_in_kind(self) -> VaeKind:
+        """The checkpoint's VAE by its fingerprint: a known one, or that of an installed file known by content."""
+        fingerprint = self.checkpoint_fingerprint
+        if not fingerprint:
+            return VaeKind.UNKNOWN
+        if fingerprint in KNOWN_FINGERPRINTS:
+            return KNOWN_FINGERPRINTS[fingerprint]
+        same = (self.identify(vae) for vae in self.files.values() if vae.fingerprint == fingerprint)
+        return next((found.kind for found in same if found.evidence == "sha256"), VaeKind.UNKNOWN)
+
     def checkpoint_vae(self, chosen_by: str) -> VaeDecision:
-        kind = KNOWN_FINGERPRINTS.get(self.checkpoint_fingerprint or "", VaeKind.UNKNOWN)
+        kind = self.baked_in_kind()
         fp16_safe = kind is VaeKind.FP16_FIX
         chosen, why = choose_precision(
             self.precision, fp16_safe=fp16_safe, overflows_fp16=kind is VaeKind.SDXL, device=self.device
@@ -390,7 +447,7 @@ class _Context:
         skipped = [vae for vae in self.files.values() if vae.key_format in _UNLOADABLE_VAE_FORMATS]
         notes = tuple(_unloadable_message(vae, "skipped") for vae in skipped)
         ranked = sorted(
-            ((identify(vae), vae) for vae in usable), key=lambda pair: (-pair[0].strength, pair[1].name.lower())
+            ((self.identify(vae), vae) for vae in usable), key=lambda pair: (-pair[0].strength, pair[1].name.lower())
         )
         for wanted in (VaeKind.FP16_FIX, VaeKind.SDXL, VaeKind.SDXL_NAMED):
             for found, vae in ranked:
@@ -400,9 +457,9 @@ class _Context:
         if self.taesd.decoder:
             decision = self.taesd_xl(f"automatic: {self.checkpoint} has no VAE and no SDXL VAE is installed")
             return _with_notes(decision, notes)
-        return self.refusal(usable, skipped)
+        return self.refusal(ranked, skipped)
 
-    def refusal(self, usable: list[VaeFile], skipped: list[VaeFile]) -> VaeRefusal:
+    def refusal(self, considered: list[tuple[Identification, VaeFile]], skipped: list[VaeFile]) -> VaeRefusal:
         fix = fp16_fix_download(self.models_dir)
         tiny = taesd_downloads(self.models_dir, decoder=not self.taesd.decoder, encoder=not self.taesd.encoder)
         lines = [
@@ -414,16 +471,23 @@ class _Context:
         ]
         if skipped:
             lines.append(" ".join(_unloadable_message(vae, "found") for vae in skipped))
-        if usable:
-            names = ", ".join(sorted(vae.name for vae in usable)[:3])
+        if considered:
+            found = "; ".join(f"{vae.name}: {_what_was_found(identification)}" for identification, vae in considered)
             lines.append(
-                f"VAEs present whose names do not say SDXL ({names}…) were not used: an SD 1.x VAE gives wrong "
-                "colours on SDXL models. If one of them is an SDXL VAE, pick it in Settings → SSD-1B."
+                f"VAE files considered: {found}. None is known to be an SDXL VAE: an SD 1.x VAE has the same shapes "
+                "but gives wrong colours on SDXL models, so only a known file hash, or a name saying XL, is trusted. "
+                "If one of them is an SDXL VAE, pick it in Settings → SSD-1B → 'VAE for distilled models'."
             )
         return VaeRefusal(" ".join(lines), (fix, *tiny))
 
 
 _UNLOADABLE_VAE_FORMATS = (KeyFormat.DIFFUSERS, KeyFormat.LDM_PREFIXED)
+
+
+def _what_was_found(found: Identification) -> str:
+    if found.kind is VaeKind.UNKNOWN:
+        return "contents not a known VAE (an SD 1.x and an SDXL VAE look alike in the header)"
+    return f"{found.kind.value} (by {found.evidence})"
 
 
 def _unloadable_message(vae: VaeFile, verb: str) -> str:
