@@ -295,3 +295,24 @@ def test_console_lines_carry_the_prefix(capsys):
     log.info("a line for the console")
     log.debug("not for the console")
     assert capsys.readouterr().out == "[SSD-1B] a line for the console\n"
+
+
+def test_the_old_model_is_gone_before_a_file_of_another_architecture_is_read(host, monkeypatch):
+    """An architecture switch builds a new model anyway: the old one must not sit in RAM beside the new file."""
+    from modules import sd_models
+
+    write_family(host, "sdxl", "sdxl", 0)
+    write_family(host, "vega", "segmind-vega", 1)
+    write_family(host, "vega-2", "segmind-vega", 2)
+    host.load_checkpoint("sdxl")
+    read, models_at_read = sd_models.read_state_dict, []
+
+    def recording_read(*args, **kwargs):
+        models_at_read.append(sd_models.model_data.sd_model)
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(sd_models, "read_state_dict", recording_read)
+    host.load_checkpoint("vega")  # SDXL → Vega: released first
+    vega = host.sd_model
+    host.load_checkpoint("vega-2")  # same layout: the host may reuse the model, so it stays
+    assert models_at_read == [None, vega]

@@ -12,16 +12,22 @@ pytestmark = pytest.mark.webui
 
 
 def reload_ui() -> None:
-    """What webui.py does on "Reload UI": the unload callbacks, then every enabled extension's scripts again."""
-    from modules import initialize, script_callbacks
+    """What webui.py does on "Reload UI": the unload callbacks, then every enabled extension's scripts again (and
+    what building the Extras tab does: the postprocessing scripts, which the settings page lists)."""
+    from modules import initialize, script_callbacks, scripts
 
     script_callbacks.script_unloaded_callback()
     initialize.initialize_rest(reload_script_modules=True)
+    if scripts.scripts_postproc.scripts is None:
+        scripts.scripts_postproc.initialize_scripts(scripts.postprocessing_scripts_data)
 
 
 def functions_defined_in(folder: Path) -> list[str]:
-    """Host functions (``modules.*``, module and class level) whose code lives under ``folder``."""
+    """Host functions (``modules.*``, module and class level) whose code lives under ``folder``, but for our undone
+    dispatchers, which only call the host's original (the API imported some names while we were installed)."""
     import sys
+
+    from extensions_ssd1b.host import patching
 
     found = []
     for name, module in list(sys.modules.items()):
@@ -36,7 +42,9 @@ def functions_defined_in(folder: Path) -> list[str]:
         ]
         for attribute, value in members:
             code = getattr(value, "__code__", None)
-            if code is not None and Path(code.co_filename).resolve().is_relative_to(folder.resolve()):
+            if code is None or not Path(code.co_filename).resolve().is_relative_to(folder.resolve()):
+                continue
+            if not patching.passes_through(value):
                 found.append(f"{name}.{attribute}")
     return found
 

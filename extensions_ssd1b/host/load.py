@@ -95,11 +95,16 @@ def _preflight_reload(
 ) -> Any:
     from modules import sd_models
 
-    detection = preflight((info or sd_models.select_checkpoint()).filename)
+    info = info or sd_models.select_checkpoint()
+    detection = preflight(info.filename)
     # The host would read the new file beside the old model, then build anew anyway: drop the old one first.
-    if memory.release_before_switch(sd_model or sd_models.model_data.sd_model, detection):
-        sd_model = None
+    released = memory.release_before_switch(sd_model or sd_models.model_data.sd_model, detection)
     try:
+        if released or (sd_model or sd_models.model_data.sd_model) is None:
+            # With no model to reuse the host's next step is load_model; v1.6's reload_model_weights cannot start
+            # from no model (it sends None to the CPU when "keep models in RAM" is on, its default).
+            sd_models.load_model(info)
+            return sd_models.model_data.sd_model
         return original(sd_model, info, *args, **kwargs)
     finally:
         memory.return_freed_memory()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import dataclasses
 import functools
 import gc
 import logging
@@ -34,7 +35,10 @@ def switches_architecture(sd_model: Any, detection: Detection | None) -> bool:
         return False
     current = _our_layout(sd_model)
     new = detection.layout if detection is not None else None
-    return (current is not None or new is not None) and current != new
+    if current is None or new is None:
+        return current is not new  # one of the two is ours: another config either way
+    # the head width comes from the host's config at build time, not from the file
+    return dataclasses.replace(new, num_head_channels=current.num_head_channels) != current
 
 
 def release_before_switch(sd_model: Any, detection: Detection | None) -> bool:

@@ -8,6 +8,8 @@ make their wrapper look like ours.  Scripts are imported again on Reload UI whil
 - patching again updates the wrapper our dispatcher calls and never wraps twice;
 - :func:`unpatch` puts the host's original back when our dispatcher is still on top; when another extension has
   wrapped it since, cutting ourselves out would cut them out too, so ours stays in their chain, passing through.
+  Either way the dispatcher itself turns into a pass-through: host modules that imported the name while we were
+  installed (``from modules.sd_models import reload_model_weights`` in the API) keep a reference to it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class Patch:
     wrapper: Callable[..., Any]
     dispatcher: Callable[..., Any]
     active: bool = True
+    in_place: bool = True  # our dispatcher is at owner.name, or inside another extension's chain there
 
 
 _patches: list[Patch] = []
@@ -48,13 +51,15 @@ def _dispatcher(record: Patch) -> Callable[..., Any]:
 def patch(owner: Any, name: str, wrapper: Callable[..., Any]) -> None:
     """Make ``owner.name`` call ``wrapper(original, ...)``; idempotent, and safe under wrappers of others."""
     record = _find(owner, name)
-    if record is not None:  # still in place, on top or inside another extension's chain: take it up again
-        record.wrapper, record.active = wrapper, True
-        return
-    record = Patch(owner, name, getattr(owner, name), wrapper, dispatcher=lambda: None)
-    record.dispatcher = _dispatcher(record)
-    setattr(owner, name, record.dispatcher)
-    _patches.append(record)
+    if record is None:
+        record = Patch(owner, name, getattr(owner, name), wrapper, dispatcher=lambda: None, in_place=False)
+        record.dispatcher = _dispatcher(record)
+        _patches.append(record)
+    record.wrapper, record.active = wrapper, True
+    if not record.in_place:  # new, or we put the original back earlier: wrap what is there now
+        record.original = getattr(owner, name)
+        setattr(owner, name, record.dispatcher)
+        record.in_place = True
 
 
 def unpatch(owner: Any, name: str) -> None:
@@ -62,11 +67,10 @@ def unpatch(owner: Any, name: str) -> None:
     record = _find(owner, name)
     if record is None:
         return
-    if getattr(owner, name) is record.dispatcher:
+    record.active = False
+    if record.in_place and getattr(owner, name) is record.dispatcher:
         setattr(owner, name, record.original)
-        _patches.remove(record)
-    else:
-        record.active = False
+        record.in_place = False
 
 
 def unpatch_all() -> None:
@@ -88,3 +92,8 @@ def any_active() -> bool:
 def is_ours(function: Any) -> bool:
     """Whether ``function`` is one of our dispatchers."""
     return any(p.dispatcher is function for p in _patches)
+
+
+def passes_through(function: Any) -> bool:
+    """Whether ``function`` is one of our dispatchers, undone: it only calls the host's original."""
+    return any(p.dispatcher is function and not p.active for p in _patches)

@@ -9,12 +9,13 @@ stand-in both devices are the CPU unless a test sets ``devices.device`` to anoth
 from collections import namedtuple
 
 import torch
-from modules import devices, shared
+from modules import _standin, devices, shared
 
 module_in_gpu = None
 cpu = torch.device("cpu")
 
-ModuleWithParent = namedtuple('ModuleWithParent', ['module', 'parent'], defaults=['None'])
+if _standin.at_least("1.10.0"):  # v1.6.0 has no such name (seen in the real trees; 1.7-1.9 not checked)
+    ModuleWithParent = namedtuple('ModuleWithParent', ['module', 'parent'], defaults=['None'])
 
 
 def send_everything_to_cpu():
