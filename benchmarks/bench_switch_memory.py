@@ -78,14 +78,18 @@ def main() -> None:
     parser.add_argument("--python", required=True, help="that webui's Python")
     parser.add_argument("--chain", default="sdxl,ssd-1b,segmind-vega,koala-700m,sdxl,ssd-1b")
     parser.add_argument("--without-extension", action="store_true", help="the stock host (fails on Vega/KOALA)")
+    parser.add_argument("--samples", type=Path, help="folder for the checkpoints, kept and reused (default: temporary)")
     args = parser.parse_args()
     chain = args.chain.split(",")
     with_extension = not args.without_extension
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as temporary:
+        folder = args.samples or Path(temporary)
+        folder.mkdir(parents=True, exist_ok=True)
         files = {}
         for key in dict.fromkeys(chain):
-            path = Path(folder) / f"{key}.safetensors"
-            write_sample(path, key, sparse=False, dtype="F16")
+            path = folder / f"{key}.safetensors"
+            if not path.exists():
+                write_sample(path, key, sparse=False, dtype="F16")
             files[path.name] = str(path)
         names = [f"{key}.safetensors" for key in chain]
         fresh = {n: run(args.python, args.webui, files, [n], with_extension)[0] for n in dict.fromkeys(names)}
