@@ -32,7 +32,7 @@ def outcomes(results: str) -> tuple[list[str], list[tuple[str, list[str]]], list
 def report(label: str, results: str, *, allow_skips: bool = False) -> int:
     passed, failed, skipped = outcomes(results)
     ran = len(passed) + len(failed)
-    print(f"webui tier {label}: {ran} ran, {len(passed)} passed, {len(failed)} failed, {len(skipped)} skipped")
+    print(f"{label}: {ran} ran, {len(passed)} passed, {len(failed)} failed, {len(skipped)} skipped")
     for name, message in failed:
         print(f"  FAILED  {name}: {' '.join(message)}")
     for name, reason in skipped:
