@@ -3,11 +3,11 @@
 Run (one webui process for the whole chain, fp32 on the CPU, as a user without a GPU would):
     .venv/bin/python benchmarks/bench_switch_memory.py --webui /path/to/webui --python /path/to/webui-venv/bin/python
         [--without-extension] [--chain sdxl,ssd-1b,segmind-vega,koala-700m,sdxl,ssd-1b]
-Prints a table: for each load, the peak RSS while it ran and the RSS once it settled (after a garbage collection),
-with the live tensor bytes of the model for comparison, and each step against the goals of issue #11: peak ≤ 1.1 ×
-the fresh-load peak of the bigger of the two models, settled ≤ 1.15 × a fresh load of the new model (fresh loads are
-measured in their own processes first).  Checkpoints are full-size samples with random fp16 values (about 18 GB of
-disk for the default chain, in a temporary folder).
+Prints a table: for each load, the peak RSS while it ran (sampled every 20 ms) and the RSS once it settled (after a
+garbage collection), the bytes of the model's state dict ("model") for comparison, and each step against the goals of
+issue #11: peak ≤ 1.1 × the fresh-load peak of the bigger of the two models, settled ≤ 1.15 × a fresh load of the
+new model (fresh loads are measured in their own processes first).  Checkpoints are full-size samples with random
+fp16 values (about 18 GB of disk for the default chain, in a temporary folder or --samples).
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def main() -> None:
         steps = run(args.python, args.webui, files, names, with_extension)
     label = "with the extension" if with_extension else "stock host"
     print(f"webui: {args.webui}; {label}; fp32 on the CPU; RSS in GiB")
-    print(f"{'load':<26} {'peak':>6} {'settled':>8} {'live':>6} {'s':>6}  {'peak goal':>10} {'settled goal':>13}")
+    print(f"{'load':<26} {'peak':>6} {'settled':>8} {'model':>6} {'s':>6}  {'peak goal':>10} {'settled goal':>13}")
     previous = None
     for step in steps:
         name = step["name"]
