@@ -12,6 +12,7 @@ import torch
 from diffusers_reference import example_inputs, random_state_dict, reference_unet, run_diffusers, run_sgm
 from fakewebui import TEST_SCALE, UNET_PREFIX, install_fake_webui
 from fakewebui.install import real_webui_root
+from webui_checks import another_extensions_wrapper
 
 from extensions_ssd1b.arch.families import FAMILIES_BY_KEY
 from extensions_ssd1b.arch.layout import UNetLayout, ldm_to_diffusers_names
@@ -204,26 +205,18 @@ def test_reloading_scripts_does_not_wrap_twice(host):
 
 @pytest.mark.parametrize("with_wraps", [True, False], ids=["functools.wraps", "plain"])
 def test_another_extensions_wrapper_above_ours_survives_reload_ui(host, with_wraps: bool):
-    import functools
-
     from modules import sd_models
 
-    below, calls = sd_models.load_model_weights, []
+    with another_extensions_wrapper(sd_models, "load_model_weights", with_wraps) as calls:
+        top = sd_models.load_model_weights
+        host.reload_scripts()
 
-    def other_extension(*args, **kwargs):
-        calls.append("other")
-        return below(*args, **kwargs)
-
-    sd_models.load_model_weights = functools.wraps(below)(other_extension) if with_wraps else other_extension
-    top = sd_models.load_model_weights
-    host.reload_scripts()
-
-    assert sd_models.load_model_weights is top
-    layout, weights = write_family(host, "koala", "koala-700m", 2)
-    host.load_checkpoint("koala")
-    assert calls == ["other"]
-    assert is_ssd1b_unet(host.sd_model.model.diffusion_model)  # our load path still runs under theirs
-    assert_live_unet_computes(host, layout, weights)
+        assert sd_models.load_model_weights is top
+        layout, weights = write_family(host, "koala", "koala-700m", 2)
+        host.load_checkpoint("koala")
+        assert calls == ["other"]
+        assert is_ssd1b_unet(host.sd_model.model.diffusion_model)  # our load path still runs under theirs
+        assert_live_unet_computes(host, layout, weights)
 
 
 def host_functions() -> dict[tuple[str, ...], object]:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import pytest
-from webui_checks import assert_computes, live_unet, webui_scale, write_reduced_checkpoint
+from webui_checks import another_extensions_wrapper, assert_computes, live_unet, webui_scale, write_reduced_checkpoint
 
 pytestmark = pytest.mark.webui
 
@@ -53,25 +52,18 @@ def functions_defined_in(folder: Path) -> list[str]:
 def test_another_extensions_wrapper_above_ours_survives_reload_ui(real_webui, with_wraps: bool):
     from modules import sd_models
 
-    below, calls = sd_models.load_model_weights, []
-
-    def other_extension(*args, **kwargs):
-        calls.append("other")
-        return below(*args, **kwargs)
-
-    sd_models.load_model_weights = functools.wraps(below)(other_extension) if with_wraps else other_extension
-    top = sd_models.load_model_weights
     try:
-        reload_ui()
-        assert sd_models.load_model_weights is top
-        name = f"reload-vega-{with_wraps}"
-        path, weights = write_reduced_checkpoint(real_webui.checkpoints_dir, name, "segmind-vega", seed=5)
-        real_webui.refresh()
-        sd_models.load_model(sd_models.checkpoint_aliases[path.name])
-        assert calls == ["other"]
-        assert_computes(live_unet(), webui_scale("segmind-vega"), weights)  # built and loaded by us, under theirs
+        with another_extensions_wrapper(sd_models, "load_model_weights", with_wraps) as calls:
+            top = sd_models.load_model_weights
+            reload_ui()
+            assert sd_models.load_model_weights is top
+            name = f"reload-vega-{with_wraps}"
+            path, weights = write_reduced_checkpoint(real_webui.checkpoints_dir, name, "segmind-vega", seed=5)
+            real_webui.refresh()
+            sd_models.load_model(sd_models.checkpoint_aliases[path.name])
+            assert calls == ["other"]
+            assert_computes(live_unet(), webui_scale("segmind-vega"), weights)  # built and loaded by us, under theirs
     finally:
-        sd_models.load_model_weights = below
         reload_ui()
 
 

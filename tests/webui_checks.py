@@ -4,9 +4,12 @@ real UNet values, the live UNet against diffusers, a txt2img through the API."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
+import functools
 import io
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -146,3 +149,20 @@ def write_reduced_pipeline(
 def listed_name(real_webui, path: Path) -> str:
     """The webui's name for a file under its checkpoint folder (subfolders included)."""
     return str(path.relative_to(real_webui.checkpoints_dir))
+
+
+@contextlib.contextmanager
+def another_extensions_wrapper(module: object, name: str, with_wraps: bool) -> Iterator[list[str]]:
+    """Put a wrapper of another extension on top of ``module.name`` (with or without ``functools.wraps``, as
+    extensions do either), yield the list its calls are recorded in, and put the function below back on exit."""
+    below, calls = getattr(module, name), []
+
+    def other_extension(*args, **kwargs):
+        calls.append("other")
+        return below(*args, **kwargs)
+
+    setattr(module, name, functools.wraps(below)(other_extension) if with_wraps else other_extension)
+    try:
+        yield calls
+    finally:
+        setattr(module, name, below)
