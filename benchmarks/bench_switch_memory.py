@@ -3,11 +3,14 @@
 Run (one webui process for the whole chain, fp32 on the CPU, as a user without a GPU would):
     .venv/bin/python benchmarks/bench_switch_memory.py --webui /path/to/webui --python /path/to/webui-venv/bin/python
         [--without-extension] [--chain sdxl,ssd-1b,segmind-vega,koala-700m,sdxl,ssd-1b]
+The comparison the extension is held to, a stock host switching SDXL ↔ SD 1.5:
+    ... --without-extension --chain sdxl,sd15,sdxl,sd15
 Prints a table: for each load, the peak RSS while it ran (sampled every 20 ms) and the RSS once it settled (after a
 garbage collection), the bytes of the model's state dict ("model") for comparison, and each step against the goals of
 issue #11: peak ≤ 1.1 × the fresh-load peak of the bigger of the two models, settled ≤ 1.15 × a fresh load of the
 new model (fresh loads are measured in their own processes first).  Checkpoints are full-size samples with random
-fp16 values (about 18 GB of disk for the default chain, in a temporary folder or --samples).
+fp16 values (about 18 GB of disk for the default chain, in a temporary folder or --samples); the SD 1.5 one takes its
+tensor names and shapes from the host's own ``configs/v1-inference.yaml``, instantiated without weights.
 """
 
 from __future__ import annotations
@@ -22,7 +25,26 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from extensions_ssd1b.tools.samples import write_sample  # noqa: E402
+from extensions_ssd1b.io.write import TensorSpec  # noqa: E402
+from extensions_ssd1b.tools.samples import write_safetensors, write_sample  # noqa: E402
+
+SD15 = "sd15"
+# The names and shapes of an SD 1.5 checkpoint: the host's own config, built without weights (the way the webui
+# builds a model before loading one) and its parameters listed.
+SD15_SHAPES = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from webui_tier import start_real_webui
+webui = start_real_webui(Path({root!r}), with_extension=False)
+from ldm.util import instantiate_from_config
+from omegaconf import OmegaConf
+from modules import sd_disable_initialization
+config = OmegaConf.load(Path({root!r}) / "configs" / "v1-inference.yaml")
+with sd_disable_initialization.DisableInitialization():
+    model = instantiate_from_config(config.model)
+print("SHAPES " + json.dumps({{name: list(p.shape) for name, p in model.named_parameters()}}), flush=True)
+"""
 
 DRIVER = """
 import gc, json, os, sys, threading, time
@@ -72,6 +94,20 @@ def run(python: str, root: str, files: dict[str, str], chain: list[str], with_ex
     return results
 
 
+def write_sd15(path: Path, python: str, root: str) -> None:
+    """A full-size SD 1.5 checkpoint with random fp16 values, shaped by the host's v1-inference.yaml."""
+    done = subprocess.run(
+        [python, "-c", SD15_SHAPES.format(tests=str(REPO / "tests"), root=root)], capture_output=True, text=True
+    )
+    lines = [line[7:] for line in done.stdout.splitlines() if line.startswith("SHAPES ")]
+    if not lines:
+        raise SystemExit(
+            f"could not list SD 1.5's tensors from {root}/configs/v1-inference.yaml:\n{done.stderr[-2000:]}"
+        )
+    shapes = json.loads(lines[0])
+    write_safetensors(path, [TensorSpec(name, "F16", tuple(shape)) for name, shape in shapes.items()], sparse=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--webui", required=True, help="A1111 checkout (SD_WEBUI_ROOT)")
@@ -88,7 +124,9 @@ def main() -> None:
         files = {}
         for key in dict.fromkeys(chain):
             path = folder / f"{key}.safetensors"
-            if not path.exists():
+            if not path.exists() and key == SD15:
+                write_sd15(path, args.python, args.webui)
+            elif not path.exists():
                 write_sample(path, key, sparse=False, dtype="F16")
             files[path.name] = str(path)
         names = [f"{key}.safetensors" for key in chain]
