@@ -72,7 +72,9 @@ for name in {chain!r}:
     started = time.perf_counter()
     model = sd_models.reload_model_weights(info=sd_models.checkpoint_aliases[name])
     seconds = time.perf_counter() - started
-    live = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**30
+    # one count per storage: the host registers the SDXL conditioner again as cond_stage_model (sd_hijack.py)
+    storages = {{t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in model.state_dict().values()}}
+    live = sum(storages.values()) / 2**30
     del model
     gc.collect()
     time.sleep(0.5)
