@@ -48,3 +48,5 @@ def per_file_version(maxsize: int, version: Version = file_version) -> Callable[
         return PerFileVersion(function, maxsize, version)
 
     return decorate
+
+
