@@ -312,3 +312,22 @@ def test_a_unit_that_cannot_map_stops_the_generation_before_sampling(key, kind, 
     else:
         assert len(hooked) == 1
         controlnet.raise_refusal(process)
+
+
+@pytest.mark.parametrize("key", ["sdxl", "ssd-1b", "segmind-vega", "koala-700m"])
+def test_v1_1_436_ip_adapter_entry_point_patches_only_existing_layers(key, sgm_openaimodel):
+    """v1.1.436 calls ``set_model_patch_replace(model, fn, flag, block_id, index)`` for SDXL's 70 layers in order."""
+    unet = build_on_meta(sgm_openaimodel, FAMILIES_BY_KEY[key].layout)
+    patched = []
+
+    def original(model, function, flag, block_id, index):  # what v1.1.436 does, minus the forward swap
+        blocks = {"input": model.input_blocks, "output": model.output_blocks, "middle": [model.middle_block]}[flag]
+        patched.append((function, blocks[block_id][1].transformer_blocks[index].attn2))
+
+    for number, layer in enumerate(mapping.sdxl_attention_layers()):
+        controlnet._set_model_patch_replace(original, unet, number, layer.block_type, layer.block_id, layer.index)
+    controlnet._ip_counts.clear()
+    attn2 = [m.attn2 for m in unet.modules() if type(m).__name__ == "BasicTransformerBlock"]
+    assert len({id(module) for _number, module in patched}) == len(patched) == len(attn2)  # each layer once
+    if key == "sdxl":
+        assert [number for number, _m in patched] == list(range(70))  # untouched: SDXL passes straight through

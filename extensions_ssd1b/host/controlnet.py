@@ -56,19 +56,39 @@ def model_name(layout: UNetLayout, sd_model: Any) -> str:
 # -- IP-Adapter: each SDXL layer's weights onto the model's layer at the same site ---------------------------------
 
 
-def _set_model_attn2_replace(original: Callable[..., Any], model: Any, target_cls: Any, function: Any, tid: Any) -> Any:
+def _target(model: Any, block_type: str, block_id: int, index: int) -> tuple[bool, mapping.AttnLayer | None]:
+    """(whether ``model`` is ours, the layer of it that takes SDXL layer ``block_type[block_id]`` #index)."""
     layout = _layout(model)
     if layout is None:
-        return original(model, target_cls, function, tid)
-    sdxl_layer = mapping.AttnLayer(tid.block_type.value, tid.block_id, tid.block_index)
+        return False, None
+    sdxl_layer = mapping.AttnLayer(block_type, block_id, index)
     attn_map = mapping.attention_map(layout)
-    target = attn_map.target(sdxl_layer)
-    if sdxl_layer == mapping.sdxl_attention_layers()[0]:
+    if sdxl_layer == mapping.sdxl_attention_layers()[0]:  # an IP-Adapter starts hooking: count once per unit
         _ip_counts.append((attn_map.applied, attn_map.skipped))
+    return True, attn_map.target(sdxl_layer)
+
+
+def _set_model_attn2_replace(original: Callable[..., Any], model: Any, target_cls: Any, function: Any, tid: Any) -> Any:
+    """v1.1.440+ ``plugable_ipadapter.set_model_attn2_replace``: SDXL ``TransformerID`` -> our layer, or skipped."""
+    ours, target = _target(model, tid.block_type.value, tid.block_id, tid.block_index)
+    if not ours:
+        return original(model, target_cls, function, tid)
     if target is None:
-        return None  # SDXL layer absent here: its weights (number kept by the caller) are not used
+        return None  # SDXL layer absent here: its weights (the number kept by the caller) are not used
     moved = type(tid)(type(tid.block_type)(target.block_type), target.block_id, target.index, tid.transformer_index)
     return original(model, target_cls, function, moved)
+
+
+def _set_model_patch_replace(
+    original: Callable[..., Any], model: Any, function: Any, flag: str, block_id: int, index: int
+) -> Any:
+    """v1.1.436 ``controlmodel_ipadapter.set_model_patch_replace`` (SDXL): the same, in its arguments."""
+    ours, target = _target(model, flag, block_id, index)
+    if not ours:
+        return original(model, function, flag, block_id, index)
+    if target is None:
+        return None
+    return original(model, function, target.block_type, target.block_id, target.index)
 
 
 # -- LLLite: it asserts on layers that do not exist; the unit is refused before sampling instead -------------------
@@ -123,9 +143,10 @@ def _unet_hook(
         return original(self, model, sd_ldm, control_params, process, *args, **kwargs)
     lines = refusals(layout, list(control_params or []), process)
     if lines:
-        clear = getattr(sys.modules.get("scripts.ipadapter.plugable_ipadapter"), "clear_all_ip_adapter", None)
-        if clear is not None:
-            clear()  # nothing of a refused generation stays patched
+        for name in ("scripts.ipadapter.plugable_ipadapter", "scripts.controlmodel_ipadapter"):
+            clear = getattr(sys.modules.get(name), "clear_all_ip_adapter", None)
+            if clear is not None:
+                clear()  # nothing of a refused generation stays patched
         self.model, self.control_params = None, None
         error = ControlUnitRefused(lines, model_name(layout, sd_ldm))
         setattr(process, REFUSAL_ATTRIBUTE, error)
@@ -153,11 +174,15 @@ def raise_refusal(p: Any) -> None:
 def install_controlnet_glue() -> bool:
     """Patch sd-webui-controlnet if the webui loaded it (idempotent; called again before each generation)."""
     hook = sys.modules.get("scripts.hook")
-    ipadapter = sys.modules.get("scripts.ipadapter.plugable_ipadapter")
-    if hook is None or ipadapter is None or not hasattr(hook, "UnetHook"):
+    if hook is None or not hasattr(hook, "UnetHook"):
         return False
     patching.patch(hook.UnetHook, "hook", _unet_hook)
-    patching.patch(ipadapter, "set_model_attn2_replace", _set_model_attn2_replace)
+    ipadapter = sys.modules.get("scripts.ipadapter.plugable_ipadapter")  # v1.1.440 and later
+    if ipadapter is not None and hasattr(ipadapter, "set_model_attn2_replace"):
+        patching.patch(ipadapter, "set_model_attn2_replace", _set_model_attn2_replace)
+    ipadapter = sys.modules.get("scripts.controlmodel_ipadapter")  # v1.1.436 and earlier
+    if ipadapter is not None and hasattr(ipadapter, "set_model_patch_replace"):
+        patching.patch(ipadapter, "set_model_patch_replace", _set_model_patch_replace)
     lllite = sys.modules.get("scripts.controlnet_lllite")
     if lllite is not None and hasattr(lllite, "PlugableControlLLLite"):
         patching.patch(lllite.PlugableControlLLLite, "hook", _lllite_hook)
