@@ -117,37 +117,52 @@ def test_sdxl_ids_equal_sd_webui_controlnet_transformer_ids():
 # -- ControlNet residuals: numbers ----------------------------------------------------------------------------------
 
 
+def sd_webui_controlnet_order(layout, outs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """What our patched control model hands the hook: SDXL's 10 outputs in hook order for this layout."""
+    zero = outs[0].new_zeros(outs[0].shape[0], 1, 1, 1)
+    return mapping.hook_order(mapping.residual_map(layout), outs, lambda: zero)
+
+
 @pytest.mark.parametrize("units", [1, 2])
-@pytest.mark.parametrize("key", SDXL_SHAPED)
+@pytest.mark.parametrize("key", DISTILLED)
 def test_control_residuals_equal_diffusers(key, units, sgm_openaimodel):
     pytest.importorskip("diffusers")
-    layout = reduced(FAMILIES_BY_KEY[key].layout)
+    sdxl, layout = reduced(FAMILIES_BY_KEY["sdxl"].layout), reduced(FAMILIES_BY_KEY[key].layout)
+    sdxl_unet = loaded(build_on_meta(sgm_openaimodel, sdxl), random_state_dict(sdxl, 1))
+    sdxl_shapes = block_output_shapes(sdxl_unet, example_inputs(sdxl, sgm_openaimodel.timestep_embedding))
     weights = random_state_dict(layout, seed=5)
     unet = loaded(build_on_meta(sgm_openaimodel, layout), weights)
     inputs = example_inputs(layout, sgm_openaimodel.timestep_embedding)
-    shapes = block_output_shapes(unet, inputs)
     generator = torch.Generator().manual_seed(units)
-    # sd-webui-controlnet sums the units' residuals slot by slot before the UNet pass
-    per_unit = [[torch.randn(s, generator=generator) for s in shapes] for _ in range(units)]
+    # each unit: an SDXL ControlNet's 10 residuals; sd-webui-controlnet sums the units' lists entry by entry
+    per_unit = [[torch.randn(s, generator=generator) for s in sdxl_shapes] for _ in range(units)]
+    in_hook_order = [
+        sum(parts) for parts in zip(*(sd_webui_controlnet_order(layout, u) for u in per_unit), strict=True)
+    ]
     summed = [sum(parts) for parts in zip(*per_unit, strict=True)]
-    sources = mapping.residual_map(layout).sources
-    control = [summed[slot] for slot in sources]
     with torch.no_grad():
         ours = forward_walking_the_blocks(
-            sgm_openaimodel, unet, inputs.x, inputs.timesteps, inputs.context, inputs.y, list(control)
+            sgm_openaimodel, unet, inputs.x, inputs.timesteps, inputs.context, inputs.y, list(in_hook_order)
         )
         plain = run_sgm(unet, inputs)
-        added = {"text_embeds": inputs.text_embeds, "time_ids": inputs.time_ids}
+    # diffusers: the residuals of the SDXL blocks with the same diffusers position (down_blocks.L resnets/downsamplers)
+    sources = mapping.residual_map(layout).sources
+    down = tuple(summed[slot] for slot in sources[:-1])
+    mid = summed[9] if sources[-1] is not None else torch.zeros_like(down[-1])
+    added = {"text_embeds": inputs.text_embeds, "time_ids": inputs.time_ids}
+    with torch.no_grad():
         theirs = reference_unet(layout, weights)(
             inputs.x,
             inputs.timesteps,
             encoder_hidden_states=inputs.context,
             added_cond_kwargs=added,
-            down_block_additional_residuals=tuple(summed[:-1]),
-            mid_block_additional_residual=summed[-1],
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
         ).sample
     assert (ours - plain).abs().max() > 0.1  # the residuals do change the output
     assert (ours - theirs).abs().max().item() <= TOLERANCE
+    if key in SDXL_SHAPED:  # SDXL's block order: the hook gets the ControlNet's list untouched
+        assert all(a is b for a, b in zip(sd_webui_controlnet_order(layout, per_unit[0]), per_unit[0], strict=True))
 
 
 # -- IP-Adapter: sd-webui-controlnet's own code through our map, against diffusers -----------------------------------
@@ -289,7 +304,8 @@ class _Type:
         ("segmind-vega", "T2I_Adapter", False),
         ("ssd-1b", "IPAdapter", False),
         ("koala-700m", "IPAdapter", False),
-        ("koala-700m", "ControlNet", True),
+        ("koala-700m", "ControlNet", False),
+        ("koala-1b", "ControlNetUnion", False),
         ("koala-1b", "T2I_Adapter", True),
         ("koala-700m", "AttentionInjection", True),
         ("ssd-1b", "ControlLoRA", True),

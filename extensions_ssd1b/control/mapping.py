@@ -11,12 +11,15 @@ SDXL counterpart receives nothing.  A unit whose contributions cannot be placed 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ..arch.families import FAMILIES_BY_KEY
 from ..arch.layout import Middle, UNetLayout
 
 SDXL = FAMILIES_BY_KEY["sdxl"].layout
+T = TypeVar("T")
 SDXL_T2I_INPUT_BLOCKS = (3, 5, 8)  # sd-webui-controlnet adds T2I features after these input blocks, then the middle
 
 
@@ -78,6 +81,27 @@ def residual_map(layout: UNetLayout) -> ResidualMap:
     model_sites: list[Site | None] = [*input_sites(layout), middle_site(layout)]
     sources = tuple(index.get(site) if site else None for site in model_sites)
     return ResidualMap(sources, tuple(slot for slot in range(len(sdxl_sites)) if slot not in sources))
+
+
+SDXL_RESIDUALS = 10  # sd-webui-controlnet's list: one per SDXL input block, the middle last
+
+
+def hook_order(rmap: ResidualMap, outs: Sequence[T], zero: Callable[[], T]) -> list[T]:
+    """An SDXL ControlNet's 10 outputs rearranged so that sd-webui-controlnet's hook gives each block its residual.
+
+    The hook adds the last entry after the middle and, walking the output blocks, pops one more for each skip
+    connection: input block ``i`` of ``n`` receives entry ``9 - n + i``.  Entries no block pops are left as they
+    were; a block (or middle) with no SDXL counterpart receives ``zero()``.
+    """
+    blocks = len(rmap.sources) - 1
+    if blocks >= SDXL_RESIDUALS:
+        raise ValueError(f"{blocks} input blocks: more than the hook's {SDXL_RESIDUALS - 1} residual entries")
+    arranged = list(outs)
+    for block, slot in enumerate(rmap.sources[:-1]):
+        arranged[SDXL_RESIDUALS - 1 - blocks + block] = outs[slot] if slot is not None else zero()
+    middle = rmap.sources[-1]
+    arranged[SDXL_RESIDUALS - 1] = outs[middle] if middle is not None else zero()
+    return arranged
 
 
 def t2i_points(layout: UNetLayout) -> tuple[int | None, ...]:
@@ -180,14 +204,15 @@ UNIT_KINDS = (CONTROLNET, T2I_ADAPTER, IP_ADAPTER, REFERENCE, CONTROL_LORA, LLLI
 def refusal(layout: UNetLayout, kind: str) -> str | None:
     """Why a unit of ``kind`` cannot run on ``layout`` as sd-webui-controlnet applies it, or None when it can."""
     same_input_side = input_sites(layout) == input_sites(sdxl_like(layout))
-    if kind == CONTROLNET:
+    if kind == CONTROLNET:  # mapped by hook_order; skipped SDXL residuals are reported, not refused
         rmap = residual_map(layout)
-        if rmap.identity:
-            return None
-        return (
-            f"its SDXL residuals {list(rmap.skipped)} have no block of the same level and width here, and "
-            "sd-webui-controlnet adds residuals by SDXL block position"
-        )
+        if len(rmap.sources) > SDXL_RESIDUALS:
+            return (
+                f"{len(rmap.sources) - 1} input blocks: more than SDXL's 9, which sd-webui-controlnet's hook counts on"
+            )
+        if not any(slot is not None for slot in rmap.sources):
+            return "no block here has the level and width of an SDXL ControlNet residual"
+        return None
     if kind == T2I_ADAPTER:
         if t2i_points(layout) == (*SDXL_T2I_INPUT_BLOCKS, -1):
             return None

@@ -22,6 +22,7 @@ from . import checkpoints, patching
 log = logging.getLogger(__name__)
 
 INFOTEXT_IP_ADAPTER = "SSD-1B IP-Adapter layers"
+INFOTEXT_RESIDUALS = "SSD-1B ControlNet residuals"
 REFUSAL_ATTRIBUTE = "ssd1b_control_refusal"  # on p: raised by our sample() before the first step
 
 # ControlModelType member names -> our unit kinds
@@ -40,6 +41,7 @@ _KINDS = {
 }
 
 _ip_counts: list[tuple[int, int]] = []  # (applied, skipped) per IP-Adapter hooked since the last UnetHook.hook
+_residual_map: mapping.ResidualMap | None = None  # of the UNet hooked last, when not SDXL's own order
 
 
 def _layout(unet: Any) -> UNetLayout | None:
@@ -91,6 +93,18 @@ def _set_model_patch_replace(
     return original(model, function, target.block_type, target.block_id, target.index)
 
 
+# -- ControlNet: its SDXL residuals in the order the hook hands them to this model's blocks -----------------------
+
+
+def _control_model_forward(original: Callable[..., Any], self: Any, *args: Any, **kwargs: Any) -> Any:
+    outs = original(self, *args, **kwargs)
+    rmap = _residual_map
+    if rmap is None or not isinstance(outs, (list, tuple)) or len(outs) != mapping.SDXL_RESIDUALS:
+        return outs
+    first = outs[0]
+    return mapping.hook_order(rmap, outs, lambda: first.new_zeros(first.shape[0], 1, 1, 1))
+
+
 # -- LLLite: it asserts on layers that do not exist; the unit is refused before sampling instead -------------------
 
 
@@ -137,8 +151,10 @@ def _unet_hook(
     *args: Any,
     **kwargs: Any,
 ) -> Any:
+    global _residual_map
     counts, _ip_counts[:] = list(_ip_counts), []
     layout = _layout(model)
+    _residual_map = None
     if layout is None:
         return original(self, model, sd_ldm, control_params, process, *args, **kwargs)
     lines = refusals(layout, list(control_params or []), process)
@@ -152,6 +168,14 @@ def _unet_hook(
         setattr(process, REFUSAL_ATTRIBUTE, error)
         log.error("%s", error)
         return None
+    kinds = {_KINDS.get(getattr(p.control_model_type, "name", "")) for p in control_params or []}
+    rmap = mapping.residual_map(layout)
+    if mapping.CONTROLNET in kinds and not rmap.identity:
+        _residual_map = rmap
+        received = sum(slot is not None for slot in rmap.sources)
+        text = f"{received} of {mapping.SDXL_RESIDUALS} SDXL residuals ({len(rmap.skipped)} absent here)"
+        process.extra_generation_params[INFOTEXT_RESIDUALS] = text
+        log.info("ControlNet on %s: %s", model_name(layout, sd_ldm), text)
     if counts:
         applied, skipped = counts[0]
         text = f"{applied} of {applied + skipped} SDXL layers ({skipped} absent here)"
@@ -183,6 +207,9 @@ def install_controlnet_glue() -> bool:
     ipadapter = sys.modules.get("scripts.controlmodel_ipadapter")  # v1.1.436 and earlier
     if ipadapter is not None and hasattr(ipadapter, "set_model_patch_replace"):
         patching.patch(ipadapter, "set_model_patch_replace", _set_model_patch_replace)
+    cldm = sys.modules.get("scripts.cldm")
+    if cldm is not None and hasattr(cldm, "PlugableControlModel"):
+        patching.patch(cldm.PlugableControlModel, "forward", _control_model_forward)
     lllite = sys.modules.get("scripts.controlnet_lllite")
     if lllite is not None and hasattr(lllite, "PlugableControlLLLite"):
         patching.patch(lllite.PlugableControlLLLite, "hook", _lllite_hook)
