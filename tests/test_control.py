@@ -111,7 +111,7 @@ def test_sdxl_ids_equal_sd_webui_controlnet_transformer_ids():
     enums = import_controlnet(root, "scripts.enums")
     ids = itertools.chain(*enums.StableDiffusionVersion.SDXL.transformer_ids)
     theirs = [mapping.AttnLayer(t.block_type.value, t.block_id, t.block_index) for t in ids]
-    assert theirs == mapping.sdxl_attention_layers()
+    assert theirs == list(mapping.sdxl_attention_layers())
 
 
 # -- ControlNet residuals: numbers ----------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ SDXL counterpart receives nothing.  A unit whose contributions cannot be placed 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -73,6 +74,7 @@ class ResidualMap:
         return self.sources == tuple(range(len(input_sites(SDXL)) + 1))
 
 
+@functools.cache  # layouts are frozen; called per hooked layer and per step
 def residual_map(layout: UNetLayout) -> ResidualMap:
     """Where each SDXL ControlNet residual goes on ``layout`` (same site, same width)."""
     sdxl = sdxl_like(layout)
@@ -147,9 +149,10 @@ def _attention_sites(layout: UNetLayout) -> list[tuple[AttnLayer, tuple[str, int
     return found
 
 
-def sdxl_attention_layers() -> list[AttnLayer]:
+@functools.cache  # layouts are frozen; called per hooked layer and per step
+def sdxl_attention_layers() -> tuple[AttnLayer, ...]:
     """SDXL's 70 cross-attention layers; the i-th uses IP-Adapter weights ``{2i+1}.to_k_ip`` / ``.to_v_ip``."""
-    return [layer for layer, _site in _attention_sites(SDXL)]
+    return tuple(layer for layer, _site in _attention_sites(SDXL))
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,7 @@ class AttnMap:
         return self.targets[sdxl_attention_layers().index(sdxl_layer)]
 
 
+@functools.cache  # layouts are frozen; called per hooked layer and per step
 def attention_map(layout: UNetLayout) -> AttnMap:
     """SDXL layer -> the model's layer at the same site and width (same level, position and transformer index)."""
     widths = {("input", level): layout.level_channels(level) for level in range(layout.levels)}
