@@ -347,3 +347,28 @@ def test_v1_1_436_ip_adapter_entry_point_patches_only_existing_layers(key, sgm_o
     assert len({id(module) for _number, module in patched}) == len(patched) == len(attn2)  # each layer once
     if key == "sdxl":
         assert [number for number, _m in patched] == list(range(70))  # untouched: SDXL passes straight through
+
+
+def test_nothing_is_patched_without_sd_webui_controlnet(monkeypatch):
+    for name in (
+        "scripts.hook",
+        "scripts.cldm",
+        "scripts.ipadapter.plugable_ipadapter",
+        "scripts.controlmodel_ipadapter",
+    ):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    before = patching.installed()
+    assert controlnet.install_controlnet_glue() is False
+    assert patching.installed() == before
+
+
+def test_a_unet_we_did_not_build_passes_straight_through():
+    stock = torch.nn.Module()  # the host's SDXL UNet: no layout of ours
+    hooked = []
+    process = types.SimpleNamespace(extra_generation_params={})
+    params = [types.SimpleNamespace(control_model_type=_Type("Controlllite"))]
+    controlnet._unet_hook(lambda *a, **k: hooked.append(a), object(), stock, object(), params, process)
+    assert len(hooked) == 1 and process.extra_generation_params == {}
+    controlnet.raise_refusal(process)
+    outs = [torch.ones(1)] * 10
+    assert controlnet._control_model_forward(lambda _self: outs, object()) is outs  # no remap after SDXL
