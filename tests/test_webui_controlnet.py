@@ -174,3 +174,32 @@ def test_controlnet_units_on_a_distilled_unet(real_webui, distilled, models):
             assert f"{INFOTEXT_RESIDUALS}: " in info
     after, _ = pixels_and_info(txt2img(real_webui, []))  # nothing stays hooked: the next plain generation is as before
     assert torch.equal(after, plain)
+
+
+def test_img2img_with_two_controlnet_units_on_ssd1b(real_webui, controlnet_ext):
+    from modules import sd_models, shared
+    from starlette.testclient import TestClient
+
+    path = real_webui.checkpoints_dir / "cn-img2img-ssd-1b.safetensors"
+    write_sample(path, "ssd-1b", sparse=False, dtype="F16", seed=12)
+    real_webui.refresh()
+    sd_models.reload_model_weights(info=sd_models.checkpoint_aliases[path.name])
+    shared.opts.set("live_previews_enable", False)
+    client = TestClient(real_webui.app())
+    body = {
+        "prompt": "a lighthouse",
+        "steps": 2,
+        "width": 64,
+        "height": 64,
+        "sampler_name": "Euler",
+        "seed": 1,
+        "init_images": [_png(7)],
+        "denoising_strength": 0.8,
+    }
+    plain, _ = pixels_and_info(client.post("/sdapi/v1/img2img", json=body))
+    units = [unit(CONTROLNET, seed=0), unit(T2I, seed=1)]
+    pixels, _ = pixels_and_info(
+        client.post("/sdapi/v1/img2img", json={**body, "alwayson_scripts": {"controlnet": {"args": units}}})
+    )
+    assert (pixels - plain).abs().max() > 0, "the units did not change the image"
+    path.unlink()
