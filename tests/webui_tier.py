@@ -116,6 +116,21 @@ def _hf_home() -> str:
     return os.environ.get("SD_WEBUI_HF_HOME", str(REPO_ROOT.parent / "shared" / "data" / "hf-home-clip-l"))
 
 
+EXTRA_EXTENSIONS = "SSD1B_EXTRA_EXTENSIONS"  # opt-in: other extensions' folders (os.pathsep-separated) to install
+
+
+def add_extra_extensions(extensions: Path) -> list[Path]:
+    """Copy each folder named in ``$SSD1B_EXTRA_EXTENSIONS`` (e.g. an exported sd-webui-controlnet) into
+    ``extensions/`` under its own name; the tests that need one skip when it did not load."""
+    copied = []
+    for folder in filter(None, os.environ.get(EXTRA_EXTENSIONS, "").split(os.pathsep)):
+        source = Path(folder)
+        if not source.is_dir():
+            raise FileNotFoundError(f"{EXTRA_EXTENSIONS}: {source} is not a folder")
+        copied.append(Path(shutil.copytree(source, extensions / source.name, symlinks=True)))
+    return copied
+
+
 def start_real_webui(root: Path, *, with_extension: bool = True) -> RealWebui:
     """Initialise the webui at ``root`` once per process; later calls return the same host."""
     global _started
@@ -127,6 +142,7 @@ def start_real_webui(root: Path, *, with_extension: bool = True) -> RealWebui:
     (data_dir / "extensions").mkdir(parents=True)
     checkpoints.mkdir()
     extension_dir = clone_extension(data_dir / "extensions") if with_extension else None
+    add_extra_extensions(data_dir / "extensions")
     for key, value in {
         "HF_HOME": _hf_home(),
         "HF_HUB_OFFLINE": "1",

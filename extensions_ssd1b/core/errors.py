@@ -36,6 +36,15 @@ class NotSdxlFamily(Ssd1bError):
         super().__init__(f"not an SDXL-family checkpoint: {kind}" + (f" ({detail})" if detail else ""))
 
 
+class ControlUnitRefused(Ssd1bError):
+    """A ControlNet-extension unit that cannot run on the loaded UNet; raised before sampling."""
+
+    def __init__(self, units: Iterable[str], model: str) -> None:
+        self.units = list(units)
+        self.model = model
+        super().__init__(f"{model}: " + "; ".join(self.units))
+
+
 def error_json(error: Ssd1bError, path: str | os.PathLike[str]) -> dict[str, Any]:
     """A typed error as JSON; the message always starts with the file it is about."""
     problems = error.problems if isinstance(error, LayoutError) else [str(error)]

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..core import settings
 from ..vae import nan
-from . import checkpoints, safety, vae
+from . import checkpoints, controlnet, safety, vae
 from .patching import patch
 
 _watch: nan.StepWatch | None = None
@@ -80,6 +80,7 @@ def _sample(original: Callable[..., Any], p: Any, *args: Any, **kwargs: Any) -> 
     global _watch
     from modules import devices, shared
 
+    controlnet.raise_refusal(p)  # a refused ControlNet unit stops here, before the first step
     model = shared.sd_model
     values = vae.read_settings()
     if vae.scope_detection(checkpoints.model_file(model), values) is None:

@@ -16,7 +16,7 @@ from ..arch.unet_builder import LAYOUT_ATTRIBUTE, is_ssd1b_unet
 from ..core import infotext, settings
 from ..core.errors import CheckpointError, LayoutError, NotSdxlFamily
 from ..diffusers.folder import FORM_DIFFUSERS_FOLDER
-from . import checkpoints, patching, safety, vae
+from . import checkpoints, controlnet, patching, safety, vae
 
 API_INSPECT_ROUTE = "/ssd1b/v1/inspect"
 SAFETY_SCRIPT_TITLE = "SSD-1B VAE and NaN safety"
@@ -40,6 +40,10 @@ def make_script_class() -> type:
 
         def show(self, is_img2img: bool) -> Any:
             return scripts.AlwaysVisible
+
+        def before_process(self, p: Any, *args: Any) -> None:
+            if patching.any_active():  # sd-webui-controlnet may load after us: patch it before its process runs
+                controlnet.install_controlnet_glue()
 
         def process(self, p: Any, *args: Any) -> None:
             if not patching.any_active():
