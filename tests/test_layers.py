@@ -12,7 +12,7 @@ ROOT = PACKAGE.name
 
 # A module may import from its own package and from any lower layer; vae and tools are siblings
 # that do not import each other.  core holds the small leaf modules every layer may use.
-LAYERS: Mapping[str, int] = {"core": 0, "io": 1, "arch": 2, "diffusers": 3, "vae": 4, "tools": 4, "host": 5}
+LAYERS: Mapping[str, int] = {"core": 0, "io": 1, "arch": 2, "diffusers": 3, "vae": 4, "tools": 4, "lora": 4, "host": 5}
 # Modules outside the layer packages: the package itself (its version), ``python -m``, and the old
 # name generated webui configs use as their build target.
 TOP_LEVEL: Mapping[str, str] = {ROOT: "core", f"{ROOT}.__main__": "tools", f"{ROOT}.webui": "host"}
