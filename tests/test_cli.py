@@ -384,3 +384,25 @@ def test_zero_filled_blocks_are_identities_only_when_whole_and_residual() -> Non
     assert not identity_without("output_blocks.2.2.conv.")  # the upsampler
     assert not identity_without("input_blocks.7.1.transformer_blocks.9.attn1.")  # half a transformer block
     assert not identity_without("output_blocks.6.0.")  # a ResBlock whose skip changes the width
+
+
+# The LCM-LoRA cards (latent-consistency/lcm-lora-sdxl, lcm-lora-ssd-1b, segmind/Segmind-VegaRT): 2-8 steps,
+# guidance 1.0-2.0; KOALA has none published.
+PUBLISHED_LCM = {
+    "sdxl": "latent-consistency/lcm-lora-sdxl",
+    "ssd-1b": "latent-consistency/lcm-lora-ssd-1b",
+    "segmind-vega": "segmind/Segmind-VegaRT",
+    "koala-700m": None,
+    "koala-1b": None,
+}
+
+
+@pytest.mark.parametrize("family", list(PUBLISHED_LCM))
+def test_inspect_gives_the_lcm_lora_settings(samples: dict[tuple[str, str], Path], family: str) -> None:
+    _, document = inspect_json(samples[family, FORMS[0]])
+    lcm = document["files"][0]["recommended"]["lcm"]
+    if PUBLISHED_LCM[family] is None:
+        assert lcm is None
+    else:
+        assert (lcm["lora"], lcm["steps"], lcm["cfg"]) == (PUBLISHED_LCM[family], [2, 8], [1.0, 2.0])
+        assert "Euler a" in lcm["sampler"] and "v1.8" in lcm["sampler"]  # what to use where the host has no LCM

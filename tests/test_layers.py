@@ -20,6 +20,7 @@ LAYERS: Mapping[str, int] = {
     "vae": 4,
     "tools": 4,
     "control": 4,
+    "lora": 4,
     "host": 5,
 }
 # Modules outside the layer packages: the package itself (its version), ``python -m``, and the old

@@ -102,7 +102,7 @@ def assert_computes(unet: torch.nn.Module, layout: UNetLayout, weights: dict[str
     assert (ours - reference).abs().max().item() <= 1e-4
 
 
-def txt2img_image(real_webui) -> tuple[torch.Tensor, str]:
+def txt2img_image(real_webui, prompt: str = "a lighthouse") -> tuple[torch.Tensor, str]:
     """A 64² two-step txt2img through the API: the pixels (checked finite, not uniform) and the infotext."""
     from modules import shared
     from PIL import Image
@@ -112,7 +112,7 @@ def txt2img_image(real_webui) -> tuple[torch.Tensor, str]:
     client = TestClient(real_webui.app())
     response = client.post(
         "/sdapi/v1/txt2img",
-        json={"prompt": "a lighthouse", "steps": 2, "width": 64, "height": 64, "sampler_name": "Euler", "seed": 1},
+        json={"prompt": prompt, "steps": 2, "width": 64, "height": 64, "sampler_name": "Euler", "seed": 1},
     )
     assert response.status_code == 200, response.text
     image = Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0])))

@@ -15,12 +15,22 @@ CUSTOM_DISTILLED = "custom distilled SDXL"
 
 
 @dataclass(frozen=True)
+class LcmLora:
+    """The LCM-LoRA published for a family and the settings its card gives (LCM sampler, low CFG)."""
+
+    lora: str  # where it is published
+    steps: tuple[int, int]
+    cfg: tuple[float, float]
+
+
+@dataclass(frozen=True)
 class Recommended:
     """Generation settings the model's authors suggest."""
 
     resolution: int
     steps: tuple[int, int]
     cfg: tuple[float, float]
+    lcm: LcmLora | None = None  # None: no LCM-LoRA was published for this layout
 
 
 @dataclass(frozen=True)
@@ -32,7 +42,11 @@ class Family:
     recommended: Recommended
 
 
-SDXL_RECOMMENDED = Recommended(resolution=1024, steps=(25, 40), cfg=(5.0, 9.0))
+# The cards of latent-consistency/lcm-lora-sdxl, lcm-lora-ssd-1b and segmind/Segmind-VegaRT: 2-8 steps with the
+# LCM scheduler, guidance off or 1.0-2.0.
+SDXL_RECOMMENDED = Recommended(
+    resolution=1024, steps=(25, 40), cfg=(5.0, 9.0), lcm=LcmLora("latent-consistency/lcm-lora-sdxl", (2, 8), (1.0, 2.0))
+)
 
 FAMILIES: tuple[Family, ...] = (
     Family(
@@ -63,14 +77,21 @@ FAMILIES: tuple[Family, ...] = (
         "SSD-1B",
         UNetLayout(((0, 0), (2, 2), (4, 4)), ((4, 4, 10), (2, 1, 1), (0, 0, 0)), Middle.RES_ONLY),
         distilled=True,
-        recommended=Recommended(resolution=1024, steps=(20, 30), cfg=(7.0, 9.0)),
+        recommended=Recommended(
+            resolution=1024,
+            steps=(20, 30),
+            cfg=(7.0, 9.0),
+            lcm=LcmLora("latent-consistency/lcm-lora-ssd-1b", (2, 8), (1.0, 2.0)),
+        ),
     ),
     Family(
         "segmind-vega",
         "Segmind-Vega",
         UNetLayout(((0, 0), (1, 1), (2, 2)), ((2, 2, 2), (1, 1, 1), (0, 0, 0)), Middle.RES_ONLY),
         distilled=True,
-        recommended=Recommended(resolution=1024, steps=(25, 40), cfg=(7.0, 9.0)),
+        recommended=Recommended(
+            resolution=1024, steps=(25, 40), cfg=(7.0, 9.0), lcm=LcmLora("segmind/Segmind-VegaRT", (2, 8), (1.0, 2.0))
+        ),
     ),
     Family(
         "koala-700m",

@@ -249,6 +249,21 @@ def diffusers_tensor_name(block: BlockPlan, name: str) -> str:
     return block.diffusers_prefix + name
 
 
+def ldm_inner_name(kind: str, diffusers_inner: str) -> str | None:
+    """The LDM name of a module inside a block of ``kind`` from its diffusers name ("conv1" → "in_layers.2").
+
+    ``""`` is the block itself (a conv_in or sampler conv); None when diffusers has no such name there.
+    """
+    if kind == "down":
+        return "op" if diffusers_inner == "conv" else None
+    if kind == "up":
+        return "conv" if diffusers_inner == "conv" else None
+    for ldm, diffusers in _DIFFUSERS_INNER_NAMES.get(kind, ()):
+        if (diffusers_inner + ".").startswith(diffusers):
+            return (ldm + diffusers_inner[len(diffusers) :]).rstrip(".")
+    return diffusers_inner
+
+
 @functools.lru_cache(maxsize=32)
 def ldm_to_diffusers_names(layout: UNetLayout) -> Mapping[str, str]:
     """LDM UNet tensor name → diffusers ``UNet2DConditionModel`` name, for every tensor (read-only)."""

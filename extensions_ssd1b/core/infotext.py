@@ -22,6 +22,7 @@ KEY_ARCH = "SSD-1B arch"
 KEY_VAE = "SSD-1B VAE"
 KEY_VAE_PRECISION = "SSD-1B VAE precision"
 KEY_NAN_RECOVERY = "SSD-1B NaN recovery"
+KEY_LORA = "SSD-1B LoRA"  # what each LoRA did on the loaded UNet; a report, never pasted back into settings
 ALL_KEYS = (KEY_ARCH, KEY_VAE, KEY_VAE_PRECISION, KEY_NAN_RECOVERY)
 
 VAE_FROM_CHECKPOINT = "checkpoint"  # the checkpoint's own (baked) VAE

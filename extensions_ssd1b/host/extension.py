@@ -7,7 +7,7 @@ when an extension was disabled (then not again): undoing every patch and the set
 
 from __future__ import annotations
 
-from . import controlnet, load, patching, safety, sampling, ui
+from . import controlnet, load, lora, patching, safety, sampling, ui
 
 
 def install() -> bool:
@@ -19,6 +19,7 @@ def install() -> bool:
     ui.install_settings()
     safety.install_vae_safety()
     sampling.install_nan_safe_sampling()
+    lora.install_lora()
     controlnet.install_controlnet_glue()  # when sd-webui-controlnet loaded first; else before the first generation
     script_callbacks.on_script_unloaded(uninstall)
     return True

@@ -29,7 +29,7 @@ from ..arch.unet_builder import is_ssd1b_unet
 from ..core.errors import CheckpointError, LayoutError, NotSdxlFamily
 from ..diffusers.folder import UNET_STEM, component_folder
 from ..diffusers.pipeline import load_state_dict
-from . import checkpoints, config, memory
+from . import checkpoints, config, lora, memory
 from .console import install_console
 from .patching import patch, unpatch
 
@@ -113,6 +113,8 @@ def _preflight_reload(
 def _read_state_dict(
     original: Callable[..., Any], checkpoint_file: str, print_global_state: bool = False, map_location: Any = None
 ) -> Any:
+    if (converted := lora.pending_state_dict(checkpoint_file)) is not None:  # a LoRA file, renamed by host/lora.py
+        return converted
     pipeline = checkpoints.pipeline_of(checkpoint_file)
     if pipeline is None:
         return original(checkpoint_file, print_global_state, map_location)

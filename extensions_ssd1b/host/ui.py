@@ -16,7 +16,7 @@ from ..arch.unet_builder import LAYOUT_ATTRIBUTE, is_ssd1b_unet
 from ..core import infotext, settings
 from ..core.errors import CheckpointError, LayoutError, NotSdxlFamily
 from ..diffusers.folder import FORM_DIFFUSERS_FOLDER
-from . import checkpoints, controlnet, patching, safety, vae
+from . import checkpoints, controlnet, lora, patching, safety, vae
 
 API_INSPECT_ROUTE = "/ssd1b/v1/inspect"
 SAFETY_SCRIPT_TITLE = "SSD-1B VAE and NaN safety"
@@ -53,6 +53,10 @@ def make_script_class() -> type:
                 family = match_family(layout)
                 # the family key ("ssd-1b", "custom"): stable across versions and locales
                 p.extra_generation_params[infotext.KEY_ARCH] = infotext.format_arch(family.key if family else "custom")
+
+        def process_batch(self, p: Any, *args: Any, **kwargs: Any) -> None:
+            if patching.any_active():  # after the host's extra networks activated this batch's LoRAs
+                lora.report_generation(p)
 
     return Ssd1bScript
 

@@ -285,11 +285,16 @@ def _family_json(detection: Detection) -> dict[str, Any]:
     return {"key": detection.family_key, "name": detection.family_name, "distilled": detection.distilled}
 
 
+# The host's LCM sampler exists from v1.8.0; before it, Euler a at the same steps and CFG is the closest.
+LCM_SAMPLER = "LCM (A1111 v1.8+; on v1.6/v1.7: Euler a)"
+
+
 def _recommended(family: Family | None) -> dict[str, Any] | None:
     if family is None:
         return None
     r = family.recommended
-    return {"resolution": r.resolution, "steps": list(r.steps), "cfg": list(r.cfg)}
+    lcm = r.lcm and {"lora": r.lcm.lora, "steps": list(r.lcm.steps), "cfg": list(r.lcm.cfg), "sampler": LCM_SAMPLER}
+    return {"resolution": r.resolution, "steps": list(r.steps), "cfg": list(r.cfg), "lcm": lcm}
 
 
 def _fill_detection(report: Report, shapes: ShapeMap, detection: Detection) -> None:
@@ -562,6 +567,14 @@ def format_report(report: Report) -> str:
         field(
             "recommended",
             f"{r['resolution']} px, {r['steps'][0]}–{r['steps'][1]} steps, CFG {r['cfg'][0]:g}–{r['cfg'][1]:g}",
+        )
+        lcm = r["lcm"]
+        field(
+            "with LCM",
+            f"{lcm['lora']}: {lcm['steps'][0]}–{lcm['steps'][1]} steps, CFG {lcm['cfg'][0]:g}–{lcm['cfg'][1]:g}, "
+            f"sampler {lcm['sampler']}"
+            if lcm
+            else "no LCM-LoRA is published for this layout (an SDXL one applies only in part: see the console count)",
         )
     table = _depth_table(report["blocks"])
     field("blocks", table[0])
