@@ -24,7 +24,7 @@ from extensions_ssd1b.control import mapping
 from extensions_ssd1b.host.controlnet import INFOTEXT_IP_ADAPTER, INFOTEXT_RESIDUALS
 from extensions_ssd1b.tools.samples import write_sample
 
-pytestmark = pytest.mark.webui
+pytestmark = [pytest.mark.webui, pytest.mark.controlnet_extension]
 
 CONTROLNET, T2I, IP_ADAPTER = "ssd1b-test-controlnet-sdxl-small", "ssd1b-test-t2i-sdxl", "ip-adapter_ssd1b-test_sdxl"
 
