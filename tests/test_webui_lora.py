@@ -2,7 +2,8 @@
 
 An SDXL LoRA on SSD-1B applies to the transformer blocks SSD-1B has and the infotext (so the API's info) says how
 many applied; a native dotted PEFT LoRA lands on the modules it names with the deltas diffusers' convention gives
-(no alpha: scale 1); the same LoRA follows a switch to KOALA-700M; files we cannot use are one line and the
+(no alpha: scale 1); a full-width SDXL LoRA on a full-size SSD-1B adds to each module it applies to what the
+Lora extension's formula says; the same LoRA follows a switch to KOALA-700M; files we cannot use are one line and the
 generation goes on; the files are never written.
 """
 
@@ -15,7 +16,9 @@ import pytest
 import torch
 from webui_checks import listed_name, live_unet, txt2img_image, webui_scale, write_reduced_pipeline
 
+from extensions_ssd1b.arch.families import FAMILIES_BY_KEY
 from extensions_ssd1b.arch.layout import ldm_to_diffusers_names, unet_tensor_shapes
+from extensions_ssd1b.tools.samples import write_sample
 
 pytestmark = pytest.mark.webui
 RANK = 4
@@ -28,11 +31,14 @@ def load_fresh(real_webui, path: Path) -> None:
     sd_models.load_model(sd_models.checkpoint_aliases[listed_name(real_webui, path)])
 
 
-def attention_lora(family_key: str, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """LDM module → (down, up) for q/k/v/out of every attention of ``family_key`` at webui test width."""
+def attention_lora(
+    family_key: str, seed: int, full_width: bool = False
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """LDM module → (down, up) for q/k/v/out of every attention of ``family_key`` (webui test width, or full)."""
     generator = torch.Generator().manual_seed(seed)
+    layout = FAMILIES_BY_KEY[family_key].layout if full_width else webui_scale(family_key)
     lora = {}
-    for key, shape in unet_tensor_shapes(webui_scale(family_key)).items():
+    for key, shape in unet_tensor_shapes(layout).items():
         if ".attn" in key and key.endswith(".weight"):
             down = torch.randn(RANK, shape[1], generator=generator) * 0.5
             up = torch.randn(shape[0], RANK, generator=generator) * 0.5
@@ -170,3 +176,27 @@ def test_files_we_cannot_use_are_one_line_and_the_generation_goes_on(real_webui,
         else:
             assert "0/1 applied" in lines[0] and "matches-nothing.safetensors" in lines[0]
     assert {name: (lora_dir / f"{name}.safetensors").read_bytes() for name in files} == files
+
+
+def test_a_full_width_sdxl_lora_on_full_size_ssd1b_through_the_api(real_webui, lora_dir):
+    """The published SSD-1B shape with a full-width SDXL LoRA (kohya names, alpha 2, rank 4) via <lora:…:1>."""
+    path = real_webui.checkpoints_dir / "ssd-1b-full.safetensors"
+    if not path.exists():  # test_webui_load's full-size test writes the same sample
+        write_sample(path, "ssd-1b", sparse=False, dtype="F16")
+    lora = attention_lora("sdxl", seed=4, full_width=True)
+    save(lora_dir, "sdxl-full-width", kohya(lora))
+    load_fresh(real_webui, path)
+    modules = dict(live_unet().named_modules())
+    present = {name for name in lora if name in modules}  # same level, position and index: what SSD-1B has
+    before = {name: modules[name].weight.detach().clone() for name in present}
+    plain, _ = txt2img_image(real_webui)
+    with_lora, info = txt2img_image(real_webui, "a lighthouse <lora:sdxl-full-width:1>")
+    assert not torch.equal(plain, with_lora), "the LoRA changes the image"
+    ssd1b, sdxl = (FAMILIES_BY_KEY[key].layout.transformer_count for key in ("ssd-1b", "sdxl"))
+    assert len(present) == 8 * ssd1b and len(lora) == 8 * sdxl
+    missing = 8 * (sdxl - ssd1b)
+    expected = f"sdxl-full-width {8 * ssd1b}/{8 * sdxl} applied, {missing} for blocks this model does not have"
+    assert json.loads(info)["extra_generation_params"]["SSD-1B LoRA"] == expected
+    for name in present:  # the extension merged the deltas into the weights: up @ down × alpha / rank
+        down, up = lora[name]
+        torch.testing.assert_close(modules[name].weight.detach(), before[name] + up @ down * 0.5, rtol=1e-4, atol=1e-4)
