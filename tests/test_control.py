@@ -165,6 +165,60 @@ def test_control_residuals_equal_diffusers(key, units, sgm_openaimodel):
         assert all(a is b for a, b in zip(sd_webui_controlnet_order(layout, per_unit[0]), per_unit[0], strict=True))
 
 
+T2I_CASES = {"t2i": ("T2I",), "t2i+t2i": ("T2I", "T2I"), "controlnet+t2i": ("ControlNet", "T2I")}
+
+
+@pytest.mark.parametrize("units", list(T2I_CASES))
+@pytest.mark.parametrize("key", SDXL_SHAPED)
+def test_t2i_adapter_features_equal_diffusers(key, units, sgm_openaimodel):
+    """T2I features added where sd-webui-controlnet's hook adds them (after input blocks 3, 5, 8 and the middle, the
+    sum over units) equal diffusers' ``down_intrablock_additional_residuals``, alone and beside a ControlNet unit."""
+    pytest.importorskip("diffusers")
+    sdxl, layout = reduced(FAMILIES_BY_KEY["sdxl"].layout), reduced(FAMILIES_BY_KEY[key].layout)
+    sdxl_unet = loaded(build_on_meta(sgm_openaimodel, sdxl), random_state_dict(sdxl, 1))
+    sdxl_shapes = block_output_shapes(sdxl_unet, example_inputs(sdxl, sgm_openaimodel.timestep_embedding))
+    weights = random_state_dict(layout, seed=6)
+    unet = loaded(build_on_meta(sgm_openaimodel, layout), weights)
+    inputs = example_inputs(layout, sgm_openaimodel.timestep_embedding)
+    generator = torch.Generator().manual_seed(len(units))
+    kinds = T2I_CASES[units]
+    # an SDXL T2I-Adapter's four features have the shapes of SDXL input blocks 3, 5, 8 and of the middle
+    features = [[torch.randn(sdxl_shapes[i], generator=generator) for i in (3, 5, 8, 9)] for k in kinds if k == "T2I"]
+    residuals = [torch.randn(s, generator=generator) for s in sdxl_shapes] if "ControlNet" in kinds else None
+    adapter = [sum(parts) for parts in zip(*features, strict=True)]
+    with torch.no_grad():
+        ours = forward_walking_the_blocks(
+            sgm_openaimodel,
+            unet,
+            inputs.x,
+            inputs.timesteps,
+            inputs.context,
+            inputs.y,
+            control=sd_webui_controlnet_order(layout, residuals) if residuals else None,
+            adapter=list(adapter),
+        )
+        plain = run_sgm(unet, inputs)
+    added = {"text_embeds": inputs.text_embeds, "time_ids": inputs.time_ids}
+    controlnet_args = {}
+    if residuals:
+        controlnet_args = {
+            "down_block_additional_residuals": tuple(residuals[:9]),
+            "mid_block_additional_residual": residuals[9],
+        }
+    with torch.no_grad():
+        theirs = reference_unet(layout, weights)(
+            inputs.x,
+            inputs.timesteps,
+            encoder_hidden_states=inputs.context,
+            added_cond_kwargs=added,
+            down_intrablock_additional_residuals=[f.clone() for f in adapter],
+            **controlnet_args,
+        ).sample
+    assert mapping.refusal(FAMILIES_BY_KEY[key].layout, mapping.T2I_ADAPTER) is None  # the glue lets it through
+    assert (ours - plain).abs().max() > 0.1  # the features do change the output
+    assert (ours - theirs).abs().max().item() <= TOLERANCE
+
+
 # -- IP-Adapter: sd-webui-controlnet's own code through our map, against diffusers -----------------------------------
 
 

@@ -67,19 +67,28 @@ def test_same_output_as_diffusers(key, sgm_openaimodel, diffusers):
     assert (out - expected).abs().max().item() <= TOLERANCE
 
 
-def forward_walking_the_blocks(openaimodel, unet, x, timesteps, context, y, control=None):
+SDXL_T2I_AFTER = (3, 5, 8)  # sd-webui-controlnet's hook.py: ``t2i_injection = [3, 5, 8] if is_sdxl``
+
+
+def forward_walking_the_blocks(openaimodel, unet, x, timesteps, context, y, control=None, adapter=None):
     """UNetModel.forward re-implemented from its attributes, as ControlNet's hook (sd-webui-controlnet)
     does to add its residuals: time and label embedding, each input block, the middle block, each
-    output block with its skip connection, then ``out``."""
+    output block with its skip connection, then ``out``.  ``control``: one residual per input block and
+    one for the middle, popped from the end; ``adapter``: T2I features, popped from the front, added after
+    input blocks 3, 5 and 8 (before their skip is kept) and, the last, after the middle."""
     emb = unet.time_embed(openaimodel.timestep_embedding(timesteps, unet.model_channels, repeat_only=False))
     emb = emb + unet.label_emb(y)
     h, skips = x, []
-    for block in unet.input_blocks:
+    for i, block in enumerate(unet.input_blocks):
         h = block(h, emb, context)
+        if adapter and i in SDXL_T2I_AFTER:
+            h = h + adapter.pop(0)
         skips.append(h)
     h = unet.middle_block(h, emb, context)
     if control is not None:
         h = h + control.pop()
+    if adapter:
+        h = h + adapter.pop(0)
     for block in unet.output_blocks:
         skip = skips.pop()
         h = block(torch.cat([h, skip + control.pop() if control else skip], dim=1), emb, context)
