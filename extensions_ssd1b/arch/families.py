@@ -120,6 +120,12 @@ def match_family(layout: UNetLayout) -> Family | None:
     return None
 
 
+def family_name(layout: UNetLayout) -> str:
+    """The family's display name, or "custom distilled SDXL" for a layout no row matches."""
+    family = match_family(layout)
+    return family.name if family else CUSTOM_DISTILLED
+
+
 def is_distilled(layout: UNetLayout) -> bool:
     """True for every SDXL-family layout the stock host cannot build (anything but SDXL/refiner)."""
     family = match_family(layout)

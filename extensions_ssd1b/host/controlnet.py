@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from ..arch.families import match_family
+from ..arch.families import family_name
 from ..arch.layout import UNetLayout
 from ..arch.unet_builder import LAYOUT_ATTRIBUTE, is_ssd1b_unet
 from ..control import mapping
@@ -49,9 +49,8 @@ def _layout(unet: Any) -> UNetLayout | None:
 
 
 def model_name(layout: UNetLayout, sd_model: Any) -> str:
-    family = match_family(layout)
     path = checkpoints.model_file(sd_model)
-    name = family.name if family else "custom distilled SDXL"
+    name = family_name(layout)
     return f"{name} ({checkpoints.display_name(path)})" if path else name
 
 

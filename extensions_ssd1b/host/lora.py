@@ -12,11 +12,12 @@ use is one line naming it, and the generation goes on without it.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import weakref
 from typing import Any
 
-from ..arch.families import FAMILIES_BY_KEY, match_family
+from ..arch.families import FAMILIES_BY_KEY, family_name, match_family
 from ..arch.layout import UNetLayout, unet_tensor_shapes
 from ..arch.unet_builder import LAYOUT_ATTRIBUTE, is_ssd1b_unet
 from ..core import infotext
@@ -75,8 +76,6 @@ def layout_of(sd_model: Any) -> UNetLayout | None:
 
 def _empty_network(networks: Any, name: str, network_on_disk: Any, problem: str) -> Any:
     """A network with no modules, carrying the reason: the generation goes on without it."""
-    import os
-
     net = networks.network.Network(name, network_on_disk)
     net.mtime = os.path.getmtime(network_on_disk.filename)
     net.ssd1b_problem = problem
@@ -160,11 +159,6 @@ def _describe(net: Any, layout: UNetLayout | None) -> str | None:
     return plan.summary(name)
 
 
-def family_label(layout: UNetLayout | None) -> str:
-    family = match_family(layout) if layout is not None else None
-    return family.name if family else "distilled SDXL"
-
-
 def report_generation(p: Any) -> None:
     """Once per generation: each LoRA's line in the console and in the infotext (and so in the API's info)."""
     if not _report:
@@ -174,6 +168,7 @@ def report_generation(p: Any) -> None:
     text = "; ".join(_report)
     if getattr(p, "_ssd1b_lora_report", None) != text:
         p._ssd1b_lora_report = text
+        layout = layout_of(shared.sd_model)
         for line in _report:
-            log.info("%s LoRA: %s", family_label(layout_of(shared.sd_model)), line)
+            log.info("%s LoRA: %s", family_name(layout) if layout else "SDXL", line)
     p.extra_generation_params[infotext.KEY_LORA] = text

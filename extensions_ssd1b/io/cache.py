@@ -48,5 +48,3 @@ def per_file_version(maxsize: int, version: Version = file_version) -> Callable[
         return PerFileVersion(function, maxsize, version)
 
     return decorate
-
-

@@ -31,6 +31,7 @@ from .progress import Progress
 CHUNK_BYTES = 4 * 1024 * 1024
 DTYPES = ("fp16", "bf16", "fp32")  # what --dtype offers
 
+
 @dataclass
 class ConvertResult:
     """What was written, from what, and how many values overflowed the output dtype (per tensor)."""
