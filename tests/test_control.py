@@ -8,6 +8,7 @@ equal diffusers' ``_load_ip_adapter_weights`` on the same UNet, given the weight
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import itertools
 import os
@@ -20,14 +21,27 @@ import torch
 from diffusers_reference import example_inputs, random_state_dict, reduced, reference_unet, run_sgm
 from test_unet_builder import build_on_meta, forward_walking_the_blocks, loaded
 
-from extensions_ssd1b.arch.families import FAMILIES_BY_KEY
-from extensions_ssd1b.arch.layout import ldm_to_diffusers_names
+from extensions_ssd1b.arch.families import FAMILIES_BY_KEY, family_name
+from extensions_ssd1b.arch.layout import Middle, UNetLayout, ldm_to_diffusers_names
 from extensions_ssd1b.control import mapping
 from extensions_ssd1b.core.errors import ControlUnitRefused
 from extensions_ssd1b.host import controlnet, patching
 
 DISTILLED = ("ssd-1b", "segmind-vega", "koala-700m", "koala-1b")
 SDXL_SHAPED = ("ssd-1b", "segmind-vega")
+_SDXL = FAMILIES_BY_KEY["sdxl"].layout
+CUSTOM = {  # consistent layouts in no table row
+    "custom-no-middle": dataclasses.replace(FAMILIES_BY_KEY["ssd-1b"].layout, middle=Middle.NONE),
+    "custom-shallow": dataclasses.replace(  # SDXL's blocks, fewer transformers
+        _SDXL, input_depths=((0, 0), (1, 1), (5, 5)), output_depths=((5, 5, 5), (1, 1, 1), (0, 0, 0)), middle_depth=5
+    ),
+    "custom-three-res": UNetLayout(  # 12 input blocks: more than the hook's residual list can reach
+        ((0, 1, 0), (2, 0, 2), (3, 3, 1)), ((1, 2, 3, 4), (0, 1, 0, 1), (0, 0, 0, 0)), Middle.FULL, 3
+    ),
+}
+LAYOUTS = {key: FAMILIES_BY_KEY[key].layout for key in DISTILLED} | CUSTOM
+MAPPED = (*DISTILLED, "custom-no-middle", "custom-shallow")  # every SDXL ControlNet residual slot has a reachable block
+SAME_BLOCKS = (*SDXL_SHAPED, "custom-shallow")  # SDXL's block order: residuals need no rearranging
 TOLERANCE = 1e-4
 
 
@@ -49,9 +63,9 @@ def block_output_shapes(unet, inputs) -> list[torch.Size]:
     return shapes
 
 
-@pytest.mark.parametrize("key", DISTILLED)
+@pytest.mark.parametrize("key", MAPPED)
 def test_each_residual_goes_to_a_block_of_the_same_shape(key, sgm_openaimodel):
-    sdxl, layout = reduced(FAMILIES_BY_KEY["sdxl"].layout), reduced(FAMILIES_BY_KEY[key].layout)
+    sdxl, layout = reduced(FAMILIES_BY_KEY["sdxl"].layout), reduced(LAYOUTS[key])
     sdxl_shapes = block_output_shapes(
         loaded(build_on_meta(sgm_openaimodel, sdxl), random_state_dict(sdxl, 1)),
         example_inputs(sdxl, sgm_openaimodel.timestep_embedding),
@@ -69,7 +83,7 @@ def test_each_residual_goes_to_a_block_of_the_same_shape(key, sgm_openaimodel):
             assert shapes[block] == sdxl_shapes[slot], (block, slot)
     if rmap.sources[-1] is not None:
         assert has_middle and shapes[-1] == sdxl_shapes[-1]
-    assert (rmap.identity) == (key in SDXL_SHAPED)
+    assert rmap.identity == (key in SAME_BLOCKS)
 
 
 def diffusers_cross_attention_names(layout) -> list[str]:
@@ -95,12 +109,12 @@ def test_sdxl_ip_adapter_layers_are_numbered_in_diffusers_order():
     assert len(ours) == 70
 
 
-@pytest.mark.parametrize("key", DISTILLED)
+@pytest.mark.parametrize("key", MAPPED)
 def test_each_model_layer_takes_the_sdxl_layer_of_the_same_name(key):
-    sdxl, layout = reduced(FAMILIES_BY_KEY["sdxl"].layout), reduced(FAMILIES_BY_KEY[key].layout)
+    sdxl, layout = reduced(FAMILIES_BY_KEY["sdxl"].layout), reduced(LAYOUTS[key])
     theirs = set(diffusers_cross_attention_names(layout))
     expected = [name if name in theirs else None for name in diffusers_cross_attention_names(sdxl)]
-    amap = mapping.attention_map(FAMILIES_BY_KEY[key].layout)
+    amap = mapping.attention_map(LAYOUTS[key])
     got = [diffusers_name(layout, t) if t else None for t in amap.targets]
     assert got == expected
     assert amap.applied == len(theirs)  # every layer of the model gets weights
@@ -124,10 +138,10 @@ def sd_webui_controlnet_order(layout, outs: list[torch.Tensor]) -> list[torch.Te
 
 
 @pytest.mark.parametrize("units", [1, 2])
-@pytest.mark.parametrize("key", DISTILLED)
+@pytest.mark.parametrize("key", MAPPED)
 def test_control_residuals_equal_diffusers(key, units, sgm_openaimodel):
     pytest.importorskip("diffusers")
-    sdxl, layout = reduced(FAMILIES_BY_KEY["sdxl"].layout), reduced(FAMILIES_BY_KEY[key].layout)
+    sdxl, layout = reduced(FAMILIES_BY_KEY["sdxl"].layout), reduced(LAYOUTS[key])
     sdxl_unet = loaded(build_on_meta(sgm_openaimodel, sdxl), random_state_dict(sdxl, 1))
     sdxl_shapes = block_output_shapes(sdxl_unet, example_inputs(sdxl, sgm_openaimodel.timestep_embedding))
     weights = random_state_dict(layout, seed=5)
@@ -161,7 +175,7 @@ def test_control_residuals_equal_diffusers(key, units, sgm_openaimodel):
         ).sample
     assert (ours - plain).abs().max() > 0.1  # the residuals do change the output
     assert (ours - theirs).abs().max().item() <= TOLERANCE
-    if key in SDXL_SHAPED:  # SDXL's block order: the hook gets the ControlNet's list untouched
+    if key in SAME_BLOCKS:  # SDXL's block order: the hook gets the ControlNet's list untouched
         assert all(a is b for a, b in zip(sd_webui_controlnet_order(layout, per_unit[0]), per_unit[0], strict=True))
 
 
@@ -364,10 +378,15 @@ class _Type:
         ("koala-700m", "AttentionInjection", True),
         ("ssd-1b", "ControlLoRA", True),
         ("segmind-vega", "Controlllite", True),
+        ("custom-no-middle", "ControlNet", False),
+        ("custom-shallow", "T2I_Adapter", False),
+        ("custom-shallow", "Controlllite", True),
+        ("custom-three-res", "ControlNet", True),
+        ("custom-three-res", "IPAdapter", False),
     ],
 )
 def test_a_unit_that_cannot_map_stops_the_generation_before_sampling(key, kind, refused, sgm_openaimodel):
-    unet = build_on_meta(sgm_openaimodel, FAMILIES_BY_KEY[key].layout)  # full size, on the meta device
+    unet = build_on_meta(sgm_openaimodel, LAYOUTS[key])  # full size, on the meta device
     hooked = []
     process = types.SimpleNamespace(extra_generation_params={})
     params = [types.SimpleNamespace(control_model_type=_Type(kind))]
@@ -377,7 +396,7 @@ def test_a_unit_that_cannot_map_stops_the_generation_before_sampling(key, kind, 
         assert not hooked
         with pytest.raises(ControlUnitRefused) as raised:
             controlnet.raise_refusal(process)
-        assert "ControlNet unit 0" in str(raised.value) and FAMILIES_BY_KEY[key].name in str(raised.value)
+        assert "ControlNet unit 0" in str(raised.value) and family_name(LAYOUTS[key]) in str(raised.value)
         controlnet.raise_refusal(process)  # once: the next generation is not refused by this one
     else:
         assert len(hooked) == 1
