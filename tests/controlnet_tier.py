@@ -160,14 +160,23 @@ def load_distilled(real_webui, key: str) -> Path:
     return path
 
 
-def check_units(real_webui, family_key: str, units: list[dict], refused: bool, infotext: tuple[str, ...] = ()) -> None:
-    """Refused: HTTP 500 naming unit 0 and the family.  Else: the units change the image, the same request repeats
-    it exactly, and ``infotext`` keys are reported.  Either way the next plain generation is as the one before."""
+def check_units(
+    real_webui,
+    family_key: str,
+    units: list[dict],
+    refused: bool,
+    infotext: tuple[str, ...] = (),
+    refusal_names: tuple[str, ...] = (),
+) -> None:
+    """Refused: HTTP 500 naming unit 0, the family and ``refusal_names`` (e.g. the unit's kind and model).  Else: the
+    units change the image, the same request repeats it exactly, and ``infotext`` keys are reported.  Either way the
+    next plain generation is as the one before."""
     plain, _ = pixels_and_info(txt2img(real_webui, []))
     response = txt2img(real_webui, units)
     if refused:
         assert response.status_code == 500, response.text[-2000:]
-        assert "ControlNet unit 0" in response.text and FAMILIES_BY_KEY[family_key].name in response.text
+        for name in ("ControlNet unit 0", FAMILIES_BY_KEY[family_key].name, *refusal_names):
+            assert name in response.text, response.text[-2000:]
     else:
         pixels, info = pixels_and_info(response)
         assert (pixels - plain).abs().max() > 0, "the unit did not change the image"

@@ -28,6 +28,7 @@ pytestmark = [pytest.mark.webui, pytest.mark.controlnet_extension]
 
 CONTROL_LORA, LLLITE = "ssd1b-test-control-lora-sdxl", "ssd1b-test-controllllite-sdxl"
 IP_ADAPTER_PLUS = "ip-adapter-plus_ssd1b-test_sdxl"
+DISTILLED = ("ssd-1b", "segmind-vega", "koala-700m")
 LORA_RANK = 2
 FULL_WEIGHTS = ("input_hint_block.", "zero_convs.", "middle_block_out.")  # trained in full; the rest is LoRA on SDXL
 
@@ -129,16 +130,17 @@ def plus_unit() -> dict:
     return {"enabled": True, "module": "none", "model": IP_ADAPTER_PLUS, "ipadapter_input": [torch_base64(embedding)]}
 
 
-UNITS = {  # name -> (the unit, refused on these families, infotext keys where it runs)
-    "reference_only": (lambda: image_unit("None", 0, module="reference_only"), ("koala-700m",), ()),
-    "reference_adain": (lambda: image_unit("None", 0, module="reference_adain"), ("koala-700m",), ()),
-    "control_lora": (lambda: image_unit(CONTROL_LORA, 0), ("ssd-1b", "segmind-vega", "koala-700m"), ()),
-    "controllllite": (lambda: image_unit(LLLITE, 0), ("ssd-1b", "segmind-vega", "koala-700m"), ()),
-    "ip_adapter_plus": (plus_unit, (), (INFOTEXT_IP_ADAPTER,)),
+UNITS = {  # name -> (the unit, refused on these families, infotext keys where it runs, what a refusal names)
+    "reference_only": (lambda: image_unit("None", 0, module="reference_only"), ("koala-700m",), (), ("reference",)),
+    "reference_adain": (lambda: image_unit("None", 0, module="reference_adain"), ("koala-700m",), (), ("reference",)),
+    "control_lora": (lambda: image_unit(CONTROL_LORA, 0), DISTILLED, (), ("Control-LoRA", CONTROL_LORA)),
+    "controllllite": (lambda: image_unit(LLLITE, 0), DISTILLED, (), ("ControlLLLite", LLLITE)),
+    "ip_adapter_plus": (plus_unit, (), (INFOTEXT_IP_ADAPTER,), ()),
 }
 
 
 @pytest.mark.parametrize("name", list(UNITS))
 def test_more_unit_types_on_a_distilled_unet(real_webui, distilled, name):
-    make, refused_on, infotext = UNITS[name]
-    check_units(real_webui, distilled, [make()], refused=distilled in refused_on, infotext=infotext)
+    make, refused_on, infotext, refusal_names = UNITS[name]
+    refused = distilled in refused_on
+    check_units(real_webui, distilled, [make()], refused, infotext=infotext, refusal_names=refusal_names)
