@@ -8,6 +8,7 @@ next plain generation is as the one before either way.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,46 @@ def test_more_unit_types_on_a_distilled_unet(real_webui, distilled, name):
     make, refused_on, infotext, refusal_names = UNITS[name]
     refused = distilled in refused_on
     check_units(real_webui, distilled, [make()], refused, infotext=infotext, refusal_names=refusal_names)
+
+
+FULL_CONTROLNET = "ssd1b-test-controlnet-sdxl-full"
+
+
+def _memory_kib(field: str) -> int:
+    """``VmRSS`` / ``VmHWM`` of this process (the webui runs in it), in KiB."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+
+
+@pytest.mark.parametrize("distilled", ["ssd-1b"], indirect=True)
+def test_a_full_size_sdxl_controlnet_on_ssd1b(real_webui, distilled, controlnet_ext, capsys):
+    """The full SDXL ControlNet (10-deep transformers at level 2 and the middle), ~1.25 B parameters, written as
+    random fp16 values piece by piece; it runs on SSD-1B, and the process's peak memory is printed."""
+    from modules import scripts
+    from scripts.cldm import ControlNet
+    from scripts.controlnet_model_guess import controlnet_sdxl_config
+
+    from extensions_ssd1b.io.write import TensorSpec
+    from extensions_ssd1b.tools.samples import write_safetensors
+
+    shapes = meta_shapes(lambda: ControlNet(**{**controlnet_sdxl_config, "hint_channels": 3}))
+    assert "input_blocks.8.1.transformer_blocks.9.norm3.weight" in shapes  # what makes it "full" to the guesser
+    path = Path(controlnet_ext.cn_models_dir) / f"{FULL_CONTROLNET}.safetensors"
+    write_safetensors(path, [TensorSpec(k, "F16", s) for k, s in shapes.items()], sparse=False, seed=9)
+    controlnet_ext.update_cn_models()
+    rss_before = _memory_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (the peak) to the current RSS
+    try:
+        check_units(real_webui, distilled, [image_unit(FULL_CONTROLNET, 0)], refused=False)
+        peak = _memory_kib("VmHWM")
+    finally:
+        for script in scripts.scripts_txt2img.alwayson_scripts:  # its model cache holds ~5 GB of fp32 weights
+            if hasattr(type(script), "clear_control_model_cache"):
+                type(script).clear_control_model_cache()
+        path.unlink()
+    parameters = sum(math.prod(s) for s in shapes.values())
+    with capsys.disabled():
+        print(
+            f"\nfull SDXL ControlNet ({parameters / 1e9:.2f} B parameters) on SSD-1B: RSS before"
+            f" {rss_before / 2**20:.1f} GiB, peak during the generation {peak / 2**20:.1f} GiB"
+        )
