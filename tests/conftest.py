@@ -143,3 +143,21 @@ def fake_webui_factory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
         return install_fake_webui(monkeypatch, version, tmp_path, **options)
 
     return make
+
+
+# sd-webui-controlnet tier (tests/controlnet_tier.py, imported here only once a test asks: the webui must be up first)
+@pytest.fixture(scope="module")
+def controlnet_ext(real_webui):
+    from controlnet_tier import controlnet_ready
+
+    return controlnet_ready(real_webui)
+
+
+@pytest.fixture(scope="module", params=["ssd-1b", "segmind-vega", "koala-700m"])
+def distilled(request, real_webui, controlnet_ext):
+    """Each distilled family in turn, full size, loaded in the real webui (module scope: loaded once per module)."""
+    from controlnet_tier import load_distilled
+
+    path = load_distilled(real_webui, request.param)
+    yield request.param
+    path.unlink()
