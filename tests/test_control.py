@@ -137,6 +137,16 @@ def sd_webui_controlnet_order(layout, outs: list[torch.Tensor]) -> list[torch.Te
     return mapping.hook_order(mapping.residual_map(layout), outs, lambda: zero)
 
 
+def diffusers_output(layout, weights, inputs, **residuals) -> torch.Tensor:
+    """diffusers' UNet with ``weights`` on ``inputs``, given the ControlNet/T2I residuals as keyword arguments."""
+    added = {"text_embeds": inputs.text_embeds, "time_ids": inputs.time_ids}
+    with torch.no_grad():
+        unet = reference_unet(layout, weights)
+        return unet(
+            inputs.x, inputs.timesteps, encoder_hidden_states=inputs.context, added_cond_kwargs=added, **residuals
+        ).sample
+
+
 @pytest.mark.parametrize("units", [1, 2])
 @pytest.mark.parametrize("key", MAPPED)
 def test_control_residuals_equal_diffusers(key, units, sgm_openaimodel):
@@ -163,16 +173,9 @@ def test_control_residuals_equal_diffusers(key, units, sgm_openaimodel):
     sources = mapping.residual_map(layout).sources
     down = tuple(summed[slot] for slot in sources[:-1])
     mid = summed[9] if sources[-1] is not None else torch.zeros_like(down[-1])
-    added = {"text_embeds": inputs.text_embeds, "time_ids": inputs.time_ids}
-    with torch.no_grad():
-        theirs = reference_unet(layout, weights)(
-            inputs.x,
-            inputs.timesteps,
-            encoder_hidden_states=inputs.context,
-            added_cond_kwargs=added,
-            down_block_additional_residuals=down,
-            mid_block_additional_residual=mid,
-        ).sample
+    theirs = diffusers_output(
+        layout, weights, inputs, down_block_additional_residuals=down, mid_block_additional_residual=mid
+    )
     assert (ours - plain).abs().max() > 0.1  # the residuals do change the output
     assert (ours - theirs).abs().max().item() <= TOLERANCE
     if key in SAME_BLOCKS:  # SDXL's block order: the hook gets the ControlNet's list untouched
@@ -212,22 +215,15 @@ def test_t2i_adapter_features_equal_diffusers(key, units, sgm_openaimodel):
             adapter=list(adapter),
         )
         plain = run_sgm(unet, inputs)
-    added = {"text_embeds": inputs.text_embeds, "time_ids": inputs.time_ids}
     controlnet_args = {}
     if residuals:
         controlnet_args = {
             "down_block_additional_residuals": tuple(residuals[:9]),
             "mid_block_additional_residual": residuals[9],
         }
-    with torch.no_grad():
-        theirs = reference_unet(layout, weights)(
-            inputs.x,
-            inputs.timesteps,
-            encoder_hidden_states=inputs.context,
-            added_cond_kwargs=added,
-            down_intrablock_additional_residuals=[f.clone() for f in adapter],
-            **controlnet_args,
-        ).sample
+    theirs = diffusers_output(
+        layout, weights, inputs, down_intrablock_additional_residuals=[f.clone() for f in adapter], **controlnet_args
+    )
     assert mapping.refusal(FAMILIES_BY_KEY[key].layout, mapping.T2I_ADAPTER) is None  # the glue lets it through
     assert (ours - plain).abs().max() > 0.1  # the features do change the output
     assert (ours - theirs).abs().max().item() <= TOLERANCE
