@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from webui_checks import live_unet
+from webui_checks import live_unet, pixels_and_info, post_txt2img
 
 from extensions_ssd1b.arch.families import FAMILIES_BY_KEY
 from extensions_ssd1b.arch.unet_builder import is_ssd1b_unet
@@ -130,22 +130,9 @@ def unit(model: str, seed: int = 0) -> dict:
 
 
 def txt2img(real_webui, units: list[dict]):
-    from modules import shared
-    from starlette.testclient import TestClient
-
-    shared.opts.set("live_previews_enable", False)
-    body = {"prompt": "a lighthouse", "steps": 2, "width": 64, "height": 64, "sampler_name": "Euler", "seed": 1}
-    if units:
-        body["alwayson_scripts"] = {"controlnet": {"args": units}}
-    return TestClient(real_webui.app()).post("/sdapi/v1/txt2img", json=body)
-
-
-def pixels_and_info(response) -> tuple[torch.Tensor, str]:
-    from PIL import Image
-
-    assert response.status_code == 200, response.text[-2000:]
-    image = Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0])))
-    return torch.tensor(list(image.convert("RGB").getdata()), dtype=torch.float32), response.json()["info"]
+    if not units:
+        return post_txt2img(real_webui)
+    return post_txt2img(real_webui, alwayson_scripts={"controlnet": {"args": units}})
 
 
 def load_distilled(real_webui, key: str) -> Path:

@@ -102,25 +102,32 @@ def assert_computes(unet: torch.nn.Module, layout: UNetLayout, weights: dict[str
     assert (ours - reference).abs().max().item() <= 1e-4
 
 
-def txt2img_image(real_webui, prompt: str = "a lighthouse") -> tuple[torch.Tensor, str]:
-    """A 64² two-step txt2img through the API: the pixels (checked finite, not uniform) and the infotext."""
+def post_txt2img(real_webui, prompt: str = "a lighthouse", **extra: object):
+    """A 64² two-step txt2img through the API (``extra``: more fields of the request body); the response."""
     from modules import shared
-    from PIL import Image
     from starlette.testclient import TestClient
 
     shared.opts.set("live_previews_enable", False)  # previews would download vaeapprox-sdxl.pt
-    client = TestClient(real_webui.app())
-    response = client.post(
-        "/sdapi/v1/txt2img",
-        json={"prompt": prompt, "steps": 2, "width": 64, "height": 64, "sampler_name": "Euler", "seed": 1},
-    )
-    assert response.status_code == 200, response.text
+    body = {"prompt": prompt, "steps": 2, "width": 64, "height": 64, "sampler_name": "Euler", "seed": 1, **extra}
+    return TestClient(real_webui.app()).post("/sdapi/v1/txt2img", json=body)
+
+
+def pixels_and_info(response) -> tuple[torch.Tensor, str]:
+    """The first image of a successful API response, as RGB pixels, and its infotext."""
+    from PIL import Image
+
+    assert response.status_code == 200, response.text[-2000:]
     image = Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0])))
-    pixels = torch.tensor(list(image.convert("RGB").getdata()), dtype=torch.float32)
-    assert image.size == (64, 64)
+    return torch.tensor(list(image.convert("RGB").getdata()), dtype=torch.float32), response.json()["info"]
+
+
+def txt2img_image(real_webui, prompt: str = "a lighthouse") -> tuple[torch.Tensor, str]:
+    """A 64² two-step txt2img through the API: the pixels (checked finite, not uniform) and the infotext."""
+    pixels, info = pixels_and_info(post_txt2img(real_webui, prompt))
+    assert pixels.shape == (64 * 64, 3)
     assert math.isfinite(pixels.sum().item())
     assert pixels.std().item() > 0, "a uniform image is the empty-VAE bug, not a decode"
-    return pixels, response.json()["info"]
+    return pixels, info
 
 
 def write_reduced_pipeline(
